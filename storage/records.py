@@ -1,0 +1,318 @@
+"""Row functions: each reads or writes one kind of record.
+
+They take a `Database` and return plain dicts, so callers never see SQL. Ownership and input
+rules are the facade's job; these functions trust their arguments. Ids are random hex strings,
+never sequential integers, so a client cannot walk through other people's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+Row = dict[str, Any]
+
+USER_TABLES_BY_DEPENDENCY = (
+    "feedback",
+    "pairs",
+    "messages",
+    "conversations",
+    "adapter_versions",
+    "training_runs",
+)
+
+
+def now() -> str:
+    """UTC timestamp with microseconds: sortable as text and unambiguous across machines."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _first(db: Database, sql: str, params: Iterable[Any]) -> Row | None:
+    return next(iter(db.query(sql, list(params))), None)
+
+
+# users ------------------------------------------------------------------------------------------
+
+
+def add_user(db: Database, name: str, password_hash: str | None, role: str) -> Row:
+    row = {
+        "id": new_id(),
+        "name": name,
+        "password_hash": password_hash,
+        "role": role,
+        "created": now(),
+    }
+    db["users"].insert(row)
+    return row
+
+
+def get_user(db: Database, name: str) -> Row | None:
+    return _first(db, "select * from users where name = ?", [name])
+
+
+def get_user_by_id(db: Database, user_id: str) -> Row | None:
+    return _first(db, "select * from users where id = ?", [user_id])
+
+
+def list_users(db: Database) -> list[Row]:
+    return list(db.query("select * from users order by created"))
+
+
+def delete_user(db: Database, user_id: str) -> None:
+    """Remove every row that belongs to the user, in one transaction."""
+    with db.atomic():
+        for table in USER_TABLES_BY_DEPENDENCY:
+            db.execute(f"delete from {table} where user_id = ?", [user_id])
+        db.execute("delete from users where id = ?", [user_id])
+
+
+# conversations and messages -------------------------------------------------------------------
+
+
+def add_conversation(db: Database, user_id: str, title: str) -> Row:
+    row = {"id": new_id(), "user_id": user_id, "title": title[:80], "created": now()}
+    db["conversations"].insert(row)
+    return row
+
+
+def get_conversation(db: Database, conversation_id: str) -> Row | None:
+    return _first(db, "select * from conversations where id = ?", [conversation_id])
+
+
+def list_conversations(db: Database, user_id: str) -> list[Row]:
+    return list(
+        db.query(
+            "select * from conversations where user_id = ? order by created desc", [user_id]
+        )
+    )
+
+
+def conversation_messages(db: Database, conversation_id: str) -> list[Row]:
+    return list(
+        db.query(
+            "select * from messages where conversation_id = ? order by seq", [conversation_id]
+        )
+    )
+
+
+def add_messages(db: Database, conversation_id: str, user_id: str, messages: list[Row]) -> list[Row]:
+    """Append messages to a conversation in order; fills id, seq and created.
+
+    Each message dict holds role and text, and optionally adapter_version, generation (a dict)
+    and pair_id. Call inside `db.atomic()` when other rows must land together with these.
+    """
+    last = _first(
+        db, "select max(seq) as seq from messages where conversation_id = ?", [conversation_id]
+    )
+    seq = (last["seq"] if last and last["seq"] is not None else -1) + 1
+    stamp = now()
+    rows = []
+    for offset, message in enumerate(messages):
+        generation = message.get("generation")
+        rows.append(
+            {
+                "id": message.get("id") or new_id(),
+                "user_id": user_id,
+                "conversation_id": conversation_id,
+                "seq": seq + offset,
+                "role": message["role"],
+                "text": message["text"],
+                "adapter_version": message.get("adapter_version"),
+                "generation": json.dumps(generation) if generation is not None else None,
+                "pair_id": message.get("pair_id"),
+                "created": stamp,
+            }
+        )
+    db["messages"].insert_all(rows)
+    return rows
+
+
+def get_message(db: Database, message_id: str) -> Row | None:
+    return _first(db, "select * from messages where id = ?", [message_id])
+
+
+# feedback ---------------------------------------------------------------------------------------
+
+
+def upsert_feedback(
+    db: Database, message_id: str, user_id: str, thumb: int, reason: str | None
+) -> Row:
+    """One row per message: a new click, a change of mind or a retraction (0) overwrites it."""
+    row = {
+        "message_id": message_id,
+        "user_id": user_id,
+        "thumb": thumb,
+        "reason": reason,
+        "updated": now(),
+    }
+    db["feedback"].upsert(row, pk="message_id")
+    return row
+
+
+def get_feedback(db: Database, message_id: str) -> Row | None:
+    return _first(db, "select * from feedback where message_id = ?", [message_id])
+
+
+# A/B pairs --------------------------------------------------------------------------------------
+
+
+def add_pair(
+    db: Database,
+    pair_id: str,
+    user_id: str,
+    conversation_id: str,
+    prompt_message_id: str,
+    answer_a_id: str,
+    answer_b_id: str,
+) -> Row:
+    row = {
+        "id": pair_id,
+        "user_id": user_id,
+        "conversation_id": conversation_id,
+        "prompt_message_id": prompt_message_id,
+        "answer_a_id": answer_a_id,
+        "answer_b_id": answer_b_id,
+        "winner": None,
+        "created": now(),
+        "chosen_at": None,
+    }
+    db["pairs"].insert(row)
+    return row
+
+
+def get_pair(db: Database, pair_id: str) -> Row | None:
+    return _first(db, "select * from pairs where id = ?", [pair_id])
+
+
+def set_pair_winner(db: Database, pair_id: str, winner: str) -> bool:
+    """Record the choice once; False when the pair was already decided (nothing changes)."""
+    cursor = db.execute(
+        "update pairs set winner = ?, chosen_at = ? where id = ? and winner is null",
+        [winner, now(), pair_id],
+    )
+    db.conn.commit()
+    return cursor.rowcount == 1
+
+
+# training history -----------------------------------------------------------------------------
+
+
+def live_adapter_version(db: Database, user_id: str) -> Row | None:
+    return _first(
+        db,
+        "select * from adapter_versions where user_id = ? and status = 'live' "
+        "order by version desc limit 1",
+        [user_id],
+    )
+
+
+def list_adapter_versions(db: Database, user_id: str) -> list[Row]:
+    return list(
+        db.query("select * from adapter_versions where user_id = ? order by version", [user_id])
+    )
+
+
+def list_training_runs(db: Database, user_id: str) -> list[Row]:
+    return list(
+        db.query("select * from training_runs where user_id = ? order by started", [user_id])
+    )
+
+
+# export ---------------------------------------------------------------------------------------
+
+
+def rated_replies(db: Database, user_id: str | None = None) -> list[Row]:
+    """Replies with a standing thumb (retractions excluded), oldest first."""
+    sql = (
+        "select m.*, f.thumb, f.reason from feedback f join messages m on m.id = f.message_id "
+        "where f.thumb != 0"
+    )
+    params: list[Any] = []
+    if user_id is not None:
+        sql += " and f.user_id = ?"
+        params.append(user_id)
+    return list(db.query(sql + " order by f.updated", params))
+
+
+def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
+    """A/B pairs that have a winner, oldest first."""
+    sql = "select * from pairs where winner is not null"
+    params: list[Any] = []
+    if user_id is not None:
+        sql += " and user_id = ?"
+        params.append(user_id)
+    return list(db.query(sql + " order by chosen_at", params))
+
+
+# what the model sees ----------------------------------------------------------------------------
+
+
+def _pair_keeps(pair: Row | None) -> str | None:
+    """Which answer of an A/B pair continues the conversation: the winner, `a` on a tie."""
+    if pair is None:
+        return None
+    return {"a": pair["answer_a_id"], "b": pair["answer_b_id"], "tie": pair["answer_a_id"]}.get(
+        pair["winner"] or ""
+    )
+
+
+def context_before(db: Database, conversation_id: str, message: Row | None = None) -> list[Row]:
+    """The turns the model sees before `message` (or after the whole conversation if None).
+
+    An A/B comparison joins the conversation only once decided: its prompt and the winning
+    answer (answer a on a tie) stay, the other answer goes; an undecided or both-bad comparison
+    leaves no trace. The comparison that `message` itself belongs to contributes its prompt.
+    """
+    pairs = {
+        p["id"]: p
+        for p in db.query("select * from pairs where conversation_id = ?", [conversation_id])
+    }
+    own_pair = message["pair_id"] if message else None
+    seen = []
+    for m in conversation_messages(db, conversation_id):
+        if message is not None and m["seq"] >= message["seq"]:
+            break
+        if m["pair_id"] is None:
+            seen.append(m)
+        elif m["pair_id"] == own_pair:
+            if m["role"] == "user":
+                seen.append(m)
+        else:
+            keep = _pair_keeps(pairs.get(m["pair_id"]))
+            if keep is not None and (m["role"] == "user" or m["id"] == keep):
+                seen.append(m)
+    return seen
+
+
+def add_adapter_version(
+    db: Database,
+    user_id: str,
+    version: int,
+    path: str,
+    parent: int | None,
+    status: str,
+    reason: str | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Row:
+    row = {
+        "id": new_id(),
+        "user_id": user_id,
+        "version": version,
+        "path": path,
+        "parent": parent,
+        "status": status,
+        "reason": reason,
+        "metrics": json.dumps(metrics or {}),
+        "created": now(),
+    }
+    db["adapter_versions"].insert(row)
+    return row

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assistant import Assistant
+from tests.tiny import build_tiny_model
+
+SHORT = {"max_new_tokens": 8}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def asst(tmp_path: Path, tiny_model_dir: Path):
+    with Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as a:
+        yield a
+
+
+@pytest.fixture
+def alice(asst: Assistant) -> str:
+    return asst.add_user("alice", password="alice-password").name
+
+
+@pytest.fixture
+def bob(asst: Assistant) -> str:
+    return asst.add_user("bob", password="bob-password").name
+
+
+def row_counts(asst: Assistant) -> dict[str, int]:
+    db = asst.store.db
+    return {t: db[t].count for t in db.table_names()}

@@ -1,0 +1,1 @@
+"""The Gradio app (arrives with the UI issue); it will call only the `Assistant` facade."""
