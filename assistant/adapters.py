@@ -122,7 +122,12 @@ class AdapterRegistry:
         model = self.peft if use_peft else self.base.model
         extra = {"adapter_names": binding.adapter_names} if use_peft else {}
 
-        def run(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any) -> Any:
+        def run(
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            position_ids: torch.Tensor,
+            past: Any,
+        ) -> Any:
             with self.forward_lock:
                 return model(
                     input_ids=input_ids,

@@ -39,7 +39,8 @@ def _assistant(args: argparse.Namespace) -> Assistant:
 def cmd_provision(args: argparse.Namespace) -> int:
     asst = _assistant(args)
     loaded = asst.base
-    print(f"model ready: {loaded.source} on {loaded.device} ({'4bit' if loaded.quantized else 'full precision'})")
+    precision = "4bit" if loaded.quantized else "full precision"
+    print(f"model ready: {loaded.source} on {loaded.device} ({precision})")
     return 0
 
 
@@ -100,7 +101,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                     continue
                 thumb = {"/up": 1, "/down": -1, "/undo": 0}[command]
                 asst.rate(user, last.id, thumb, rest.strip() or None)
-                print({1: "(thumbs up saved)", -1: "(thumbs down saved)", 0: "(rating retracted)"}[thumb])
+                print(
+                    {1: "(thumbs up saved)", -1: "(thumbs down saved)", 0: "(rating retracted)"}[
+                        thumb
+                    ]
+                )
             else:
                 print("attune> ", end="", flush=True)
                 for event in asst.chat_stream(user, line, conversation, **gen):
@@ -115,7 +120,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     counts = _assistant(args).export(args.out, user=args.user)
-    print(f"wrote {counts['preference']} preference rows and {counts['unpaired']} unpaired rows to {args.out}")
+    preference, unpaired = counts["preference"], counts["unpaired"]
+    print(f"wrote {preference} preference rows and {unpaired} unpaired rows to {args.out}")
     return 0
 
 
@@ -138,25 +144,44 @@ def not_yet(what: str) -> Callable[[argparse.Namespace], int]:
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", default=os.environ.get("ATTUNE_DATA_DIR", "attune-data"),
-                        help="where the database, adapters and models live (default: %(default)s)")
-    common.add_argument("--model", default=DEFAULT_MODEL,
-                        help="embedded alias, local folder, .gguf file or hub id (default: %(default)s)")
-    common.add_argument("--quantize", choices=["auto", "none", "4bit"], default="auto",
-                        help="4bit = bitsandbytes NF4 base; auto = 4bit on CUDA, fp32 on CPU")
+    common.add_argument(
+        "--data-dir",
+        default=os.environ.get("ATTUNE_DATA_DIR", "attune-data"),
+        help="where the database, adapters and models live (default: %(default)s)",
+    )
+    common.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="embedded alias, local folder, .gguf file or hub id (default: %(default)s)",
+    )
+    common.add_argument(
+        "--quantize",
+        choices=["auto", "none", "4bit"],
+        default="auto",
+        help="4bit = bitsandbytes NF4 base; auto = 4bit on CUDA, fp32 on CPU",
+    )
     common.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    common.add_argument("--model-cache", default=None,
-                        help="where converted models are cached (default: DATA_DIR/models)")
+    common.add_argument(
+        "--model-cache",
+        default=None,
+        help="where converted models are cached (default: DATA_DIR/models)",
+    )
 
-    top = argparse.ArgumentParser(prog="attune", description="A chat assistant that learns from each of its users.")
+    top = argparse.ArgumentParser(
+        prog="attune", description="A chat assistant that learns from each of its users."
+    )
     sub = top.add_subparsers(dest="command", required=True)
 
-    def add(name: str, run: Callable[[argparse.Namespace], int], help: str, **kw) -> argparse.ArgumentParser:
+    def add(
+        name: str, run: Callable[[argparse.Namespace], int], help: str, **kw
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help, description=help, **kw)
         p.set_defaults(run=run)
         return p
 
-    serve = add("serve", not_yet("the web app (the UI issue)"), "start the web app with background training")
+    serve = add(
+        "serve", not_yet("the web app (the UI issue)"), "start the web app with background training"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7860)
 
@@ -172,15 +197,23 @@ def parser() -> argparse.ArgumentParser:
     user_add.add_argument("name")
     user_add.add_argument("--operator", action="store_true", help="may see the operator dashboard")
     user_add.add_argument("--password", action="store_true", help="ask for a password")
-    user_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
     user_add.add_argument("--if-missing", action="store_true", help="succeed quietly if it exists")
     user_add.set_defaults(run=cmd_user_add)
-    user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(run=cmd_user_list)
-    user_delete = user_sub.add_parser("delete", parents=[common], help="delete an account and all its data")
+    user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
+        run=cmd_user_list
+    )
+    user_delete = user_sub.add_parser(
+        "delete", parents=[common], help="delete an account and all its data"
+    )
     user_delete.add_argument("name")
     user_delete.set_defaults(run=cmd_user_delete)
 
-    train = add("train", not_yet("training (the online RL issue)"), "run one training round for a user now")
+    train = add(
+        "train", not_yet("training (the online RL issue)"), "run one training round for a user now"
+    )
     train.add_argument("--user", required=True)
 
     export = add("export", cmd_export, "write feedback as JSONL for TRL's trainers")

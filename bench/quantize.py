@@ -28,8 +28,15 @@ PROMPT = "Give me three tips for sleeping better."
 
 def _forward(model):
     def run(input_ids, attention_mask, position_ids, past):
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=past, use_cache=True, logits_to_keep=1)
+        return model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+
     return run
 
 
@@ -38,15 +45,28 @@ def generation_tokens_per_s(loaded: LoadedModel, batch: int) -> float:
     ids = generation.prompt_token_ids(tok, [{"role": "user", "content": PROMPT}], None, 1024)
     settings = GenerationConfig(max_new_tokens=NEW_TOKENS, temperature=0.7, top_p=1.0, seed=0)
     start = time.perf_counter()
-    steps = sum(1 for _ in generation.stream_tokens(
-        _forward(loaded.model), [ids] * batch, settings, list(range(batch)), set(), tok.pad_token_id, loaded.device))
+    steps = sum(
+        1
+        for _ in generation.stream_tokens(
+            _forward(loaded.model),
+            [ids] * batch,
+            settings,
+            list(range(batch)),
+            set(),
+            tok.pad_token_id,
+            loaded.device,
+        )
+    )
     return steps * batch / (time.perf_counter() - start)
 
 
 def train_step_seconds(loaded: LoadedModel) -> float:
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(loaded.model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(
+        loaded.model,
+        LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+    )
     model.train()
     ids = torch.randint(100, 1000, (TRAIN_BATCH, TRAIN_TOKENS), device=loaded.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -67,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, list[float]]] = {"none": {}, "4bit": {}}
     for _ in range(args.repeats):
         for quantize in ("none", "4bit"):
-            loaded = load(ModelConfig(name=args.model, quantize=quantize, device=args.device), cache)
+            loaded = load(
+                ModelConfig(name=args.model, quantize=quantize, device=args.device), cache
+            )
             row = results[quantize]
             row.setdefault("gen_tok_s_batch1", []).append(generation_tokens_per_s(loaded, 1))
             row.setdefault("gen_tok_s_batch8", []).append(generation_tokens_per_s(loaded, 8))
@@ -76,13 +98,24 @@ def run(args: argparse.Namespace) -> int:
     medians = {q: {k: statistics.median(v) for k, v in row.items()} for q, row in results.items()}
     print(f"{'base':<8}{'gen tok/s b1':>14}{'gen tok/s b8':>14}{'train step s':>14}")
     for q, m in medians.items():
-        print(f"{q:<8}{m['gen_tok_s_batch1']:>14.1f}{m['gen_tok_s_batch8']:>14.1f}{m['train_step_s']:>14.2f}")
+        print(
+            f"{q:<8}{m['gen_tok_s_batch1']:>14.1f}{m['gen_tok_s_batch8']:>14.1f}{m['train_step_s']:>14.2f}"
+        )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "quantize.json"
-    out.write_text(json.dumps({
-        "command": f"attune bench quantize --repeats {args.repeats}",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "model": args.model, "device": args.device, "repeats": results, "median": medians,
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "command": f"attune bench quantize --repeats {args.repeats}",
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                f"torch {torch.__version__}",
+                "model": args.model,
+                "device": args.device,
+                "repeats": results,
+                "median": medians,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
     return 0

@@ -50,7 +50,11 @@ def unpaired_rows(db: Database, user_id: str | None) -> list[dict[str, Any]]:
     for message in records.rated_replies(db, user_id):
         prompt = records.context_before(db, message["conversation_id"], message)
         rows.append(
-            {"prompt": _turns(prompt), "completion": _reply(message["text"]), "label": message["thumb"] > 0}
+            {
+                "prompt": _turns(prompt),
+                "completion": _reply(message["text"]),
+                "label": message["thumb"] > 0,
+            }
         )
     for pair in records.decided_pairs(db, user_id):
         if pair["winner"] != "both_bad":
@@ -58,7 +62,9 @@ def unpaired_rows(db: Database, user_id: str | None) -> list[dict[str, Any]]:
         for answer_id in (pair["answer_a_id"], pair["answer_b_id"]):
             answer = records.get_message(db, answer_id)
             prompt = records.context_before(db, pair["conversation_id"], answer)
-            rows.append({"prompt": _turns(prompt), "completion": _reply(answer["text"]), "label": False})
+            rows.append(
+                {"prompt": _turns(prompt), "completion": _reply(answer["text"]), "label": False}
+            )
     return rows
 
 

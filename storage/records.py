@@ -15,6 +15,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from storage.db import writing
+
 Row = dict[str, Any]
 
 USER_TABLES_BY_DEPENDENCY = (
@@ -69,7 +71,7 @@ def list_users(db: Database) -> list[Row]:
 
 def delete_user(db: Database, user_id: str) -> None:
     """Remove every row that belongs to the user, in one transaction."""
-    with db.atomic():
+    with writing(db):
         for table in USER_TABLES_BY_DEPENDENCY:
             db.execute(f"delete from {table} where user_id = ?", [user_id])
         db.execute("delete from users where id = ?", [user_id])
@@ -90,25 +92,23 @@ def get_conversation(db: Database, conversation_id: str) -> Row | None:
 
 def list_conversations(db: Database, user_id: str) -> list[Row]:
     return list(
-        db.query(
-            "select * from conversations where user_id = ? order by created desc", [user_id]
-        )
+        db.query("select * from conversations where user_id = ? order by created desc", [user_id])
     )
 
 
 def conversation_messages(db: Database, conversation_id: str) -> list[Row]:
     return list(
-        db.query(
-            "select * from messages where conversation_id = ? order by seq", [conversation_id]
-        )
+        db.query("select * from messages where conversation_id = ? order by seq", [conversation_id])
     )
 
 
-def add_messages(db: Database, conversation_id: str, user_id: str, messages: list[Row]) -> list[Row]:
+def add_messages(
+    db: Database, conversation_id: str, user_id: str, messages: list[Row]
+) -> list[Row]:
     """Append messages to a conversation in order; fills id, seq and created.
 
     Each message dict holds role and text, and optionally adapter_version, generation (a dict)
-    and pair_id. Call inside `db.atomic()` when other rows must land together with these.
+    and pair_id. Call inside `storage.db.writing(db)` when other rows must land together with these.
     """
     last = _first(
         db, "select max(seq) as seq from messages where conversation_id = ?", [conversation_id]

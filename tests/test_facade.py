@@ -92,7 +92,9 @@ def test_conversation_continues_and_is_private(asst: Assistant, alice: str, bob:
         (42, "must be text"),
     ],
 )
-def test_bad_messages_are_refused_and_store_nothing(asst: Assistant, alice: str, message, error) -> None:
+def test_bad_messages_are_refused_and_store_nothing(
+    asst: Assistant, alice: str, message, error
+) -> None:
     before = row_counts(asst)
     with pytest.raises(InvalidInput, match=error):
         asst.chat(alice, message, **SHORT)
@@ -185,7 +187,9 @@ def test_compare_and_choose_once(asst: Assistant, alice: str, bob: str) -> None:
     assert asst.store.db["pairs"].get(pair.id)["winner"] == "both_bad"
 
 
-def test_a_decided_pair_continues_the_conversation_with_the_winner(asst: Assistant, alice: str) -> None:
+def test_a_decided_pair_continues_the_conversation_with_the_winner(
+    asst: Assistant, alice: str
+) -> None:
     from storage import records
 
     pair = asst.compare(alice, "Pick one", **SHORT)
@@ -237,8 +241,18 @@ def test_delete_user_removes_rows_and_adapter_files(asst: Assistant, alice: str,
     folder.mkdir(parents=True)
     asst.delete_user(alice)
     db = asst.store.db
-    for table in ["messages", "conversations", "feedback", "pairs", "adapter_versions", "training_runs"]:
-        assert db.execute(f"select count(*) from {table} where user_id = ?", [alice_id]).fetchone()[0] == 0
+    for table in [
+        "messages",
+        "conversations",
+        "feedback",
+        "pairs",
+        "adapter_versions",
+        "training_runs",
+    ]:
+        assert (
+            db.execute(f"select count(*) from {table} where user_id = ?", [alice_id]).fetchone()[0]
+            == 0
+        )
     assert not folder.parent.exists()
     assert db["messages"].count == 2  # bob's turn and reply
     with pytest.raises(UnknownUser):
@@ -251,7 +265,9 @@ def test_train_says_it_is_not_there_yet(asst: Assistant, alice: str) -> None:
     assert asst.trends(alice) == []
 
 
-def test_background_is_refused_until_the_scheduler_lands(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_background_is_refused_until_the_scheduler_lands(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     with pytest.raises(NotAvailableYet):
         Assistant.open(tmp_path, model=str(tiny_model_dir), background=True)
 
@@ -261,4 +277,6 @@ def test_reopen_keeps_everything(tmp_path: Path, tiny_model_dir: Path) -> None:
         first.add_user("carol")
         reply = first.chat("carol", "remember me", **SHORT)
     with Assistant.open(tmp_path, model=str(tiny_model_dir)) as second:
-        assert [m["text"] for m in second.messages("carol", reply.conversation_id)][0] == "remember me"
+        assert [m["text"] for m in second.messages("carol", reply.conversation_id)][
+            0
+        ] == "remember me"

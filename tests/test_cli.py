@@ -1,0 +1,104 @@
+"""The `attune` command: help everywhere, user management, honest refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assistant.cli import EXIT_NOT_YET, main, parser
+
+SUBCOMMANDS = [
+    ["serve"],
+    ["chat"],
+    ["user"],
+    ["user", "add"],
+    ["user", "list"],
+    ["user", "delete"],
+    ["train"],
+    ["export"],
+    ["bench"],
+    ["provision"],
+]
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS)
+def test_every_subcommand_has_help(words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args([*words, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: attune" in capsys.readouterr().out
+
+
+def test_console_script_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "serve" in result.stdout
+
+
+def test_user_management(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    assert main(["user", "add", "dana", *data]) == 0
+    assert main(["user", "add", "dana", "--if-missing", *data]) == 0
+    assert main(["user", "add", "dana", *data]) == 1  # exists: a clear error, not a traceback
+    assert "exists already" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("s3cret-password\n"))
+    assert main(["user", "add", "otto", "--operator", "--password-stdin", *data]) == 0
+    capsys.readouterr()
+    assert main(["user", "list", *data]) == 0
+    listing = capsys.readouterr().out
+    assert "dana\tuser" in listing and "otto\toperator" in listing
+    assert main(["user", "delete", "dana", *data]) == 0
+    assert main(["user", "delete", "dana", *data]) == 1
+    assert "no user named" in capsys.readouterr().err
+
+
+def test_not_yet_landed_commands_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    main(["user", "add", "eve", *data])
+    assert main(["serve", *data]) == EXIT_NOT_YET
+    assert main(["train", "--user", "eve", *data]) == EXIT_NOT_YET
+    assert main(["bench", "no-such-bench", *data]) == EXIT_NOT_YET
+    assert capsys.readouterr().err.count("not") >= 3
+
+
+def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path / "d")]
+    main(["user", "add", "fay", *data])
+    assert main(["export", "--out", str(tmp_path / "out"), *data]) == 0
+    assert "wrote 0 preference rows and 0 unpaired rows" in capsys.readouterr().out
+    assert (tmp_path / "out" / "preference.jsonl").exists()
+
+
+def test_terminal_chat(tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = ["--data-dir", str(tmp_path), "--model", str(tiny_model_dir)]
+    main(["user", "add", "gus", *data])
+    script = "hello\n/up nice\n/down\n/undo\n/new\nagain\n/quit\n"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "assistant.cli",
+            "chat",
+            "--user",
+            "gus",
+            "--max-new-tokens",
+            "5",
+            *data,
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert (
+        "(thumbs up saved)" in out and "(thumbs down saved)" in out and "(rating retracted)" in out
+    )
+    assert "(new conversation)" in out and out.count("attune> ") == 2

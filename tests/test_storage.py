@@ -1,0 +1,134 @@
+"""The SQLite file and the adapter folders, without a model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from storage import adapters as adapter_files
+from storage import records
+from storage.db import Store, connect, migrations, writing
+
+
+def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    db = connect(path)
+    expected = {
+        "users",
+        "conversations",
+        "messages",
+        "feedback",
+        "pairs",
+        "adapter_versions",
+        "training_runs",
+    }
+    assert expected <= set(db.table_names())
+    assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert db.execute("pragma busy_timeout").fetchone()[0] > 0
+    again = connect(path)  # re-opening applies nothing twice
+    assert [m.name for m in migrations.applied(again)] == ["m001_initial"]
+
+
+def test_each_thread_gets_its_own_connection(tmp_path: Path) -> None:
+    store = Store(tmp_path / "a.db")
+    user = records.add_user(store.db, "u", None, "user")
+    seen, errors = [], []
+
+    def work(i: int) -> None:
+        try:
+            db = store.db
+            seen.append(db)  # the object, not id(): ids of freed objects get reused
+            with writing(db):
+                conv = records.add_conversation(db, user["id"], f"c{i}")
+                records.add_messages(db, conv["id"], user["id"], [{"role": "user", "text": str(i)}])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({id(db) for db in seen}) == 8 and all(db is not store.db for db in seen)
+    assert store.db["messages"].count == 8
+
+
+def test_feedback_is_one_row_per_message(tmp_path: Path) -> None:
+    db = connect(tmp_path / "a.db")
+    user = records.add_user(db, "u", None, "user")
+    conv = records.add_conversation(db, user["id"], "t")
+    rows = records.add_messages(
+        db,
+        conv["id"],
+        user["id"],
+        [{"role": "user", "text": "q"}, {"role": "assistant", "text": "a"}],
+    )
+    assert [r["seq"] for r in rows] == [0, 1]
+    reply = rows[1]["id"]
+    records.upsert_feedback(db, reply, user["id"], 1, "good")
+    records.upsert_feedback(db, reply, user["id"], -1, None)
+    assert db["feedback"].count == 1
+    assert records.get_feedback(db, reply)["thumb"] == -1
+    records.upsert_feedback(db, reply, user["id"], 0, None)
+    assert records.rated_replies(db) == []
+
+
+def test_pair_winner_is_set_once(tmp_path: Path) -> None:
+    db = connect(tmp_path / "a.db")
+    user = records.add_user(db, "u", None, "user")
+    conv = records.add_conversation(db, user["id"], "t")
+    q, a, b = records.add_messages(
+        db,
+        conv["id"],
+        user["id"],
+        [
+            {"role": "user", "text": "q", "pair_id": "p"},
+            {"role": "assistant", "text": "a", "pair_id": "p"},
+            {"role": "assistant", "text": "b", "pair_id": "p"},
+        ],
+    )
+    records.add_pair(db, "p", user["id"], conv["id"], q["id"], a["id"], b["id"])
+    assert records.set_pair_winner(db, "p", "tie")
+    assert not records.set_pair_winner(db, "p", "a")
+    assert records.get_pair(db, "p")["winner"] == "tie"
+    seen = records.context_before(db, conv["id"])
+    assert [m["text"] for m in seen] == ["q", "a"]  # a tie continues with answer a
+    assert [m["text"] for m in records.context_before(db, conv["id"], b)] == ["q"]
+
+
+def test_adapter_versions_are_published_whole(tmp_path: Path) -> None:
+    def write(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"\x01" * 1000)
+        (folder / "config.json").write_text("{}")
+
+    path = adapter_files.write_version(tmp_path, "user1", 1, write)
+    assert path == adapter_files.version_dir(tmp_path, "user1", 1)
+    adapter_files.verify_version(path)
+    with pytest.raises(FileExistsError):
+        adapter_files.write_version(tmp_path, "user1", 1, write)
+
+    def crash(folder: Path) -> None:
+        (folder / "weights.bin").write_bytes(b"half")
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        adapter_files.write_version(tmp_path, "user1", 2, crash)
+    assert not adapter_files.version_dir(tmp_path, "user1", 2).exists()
+    assert list((tmp_path / "user1").iterdir()) == [path]
+
+    (path / "weights.bin").write_bytes(b"\x02" * 1000)  # damaged after the fact
+    with pytest.raises(adapter_files.CorruptAdapter):
+        adapter_files.verify_version(path)
+
+
+def test_leftover_temp_folders_are_swept(tmp_path: Path) -> None:
+    leftover = tmp_path / "user1" / f"{adapter_files.TEMP_PREFIX}v00003-abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "half.bin").write_bytes(b"x")
+    assert adapter_files.remove_partial_writes(tmp_path) == [leftover]
+    assert not leftover.exists()
