@@ -1,0 +1,82 @@
+"""Finding and loading a base model: folders, hub ids from the local cache, errors, NF4."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from assistant import Assistant, ModelUnavailable
+from assistant.config import ModelConfig
+from assistant.model import load, resolve
+
+
+def test_a_folder_without_config_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelUnavailable, match="without config.json"):
+        resolve(ModelConfig(name=str(tmp_path / "empty")), tmp_path / "cache")
+
+
+def test_a_missing_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="no model at"):
+        resolve(ModelConfig(name=str(tmp_path / "nowhere")), tmp_path / "cache")
+    with pytest.raises(ModelUnavailable, match="no model at"):
+        resolve(ModelConfig(name="./relative/nowhere"), tmp_path / "cache")
+
+
+def test_an_unreachable_hub_id_fails_with_advice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailable, match="attune runs offline"):
+        load(ModelConfig(name="no-such-org/no-such-model"), tmp_path / "cache")
+
+
+def test_a_hub_id_loads_from_the_local_hub_cache(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A hub id works offline when the model is in the hub cache (the layout hub downloads use)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--attune-test--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    script = (
+        "from assistant import Assistant\n"
+        "a = Assistant.open('data', model='attune-test/tiny')\n"
+        "a.add_user('h')\n"
+        "print('REPLY', a.chat('h', 'hi', max_new_tokens=3).adapter_version)\n"
+    )
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "REPLY 0" in result.stdout
+
+
+def test_unknown_quantize_or_device_is_refused() -> None:
+    from assistant import InvalidInput
+
+    with pytest.raises(InvalidInput):
+        ModelConfig(quantize="8bit")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        ModelConfig(device="tpu")  # type: ignore[arg-type]
+
+
+def test_auto_is_full_precision_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    loaded = load(ModelConfig(name=str(tiny_model_dir), device="cpu"), tmp_path)
+    assert not loaded.quantized and loaded.model.dtype.is_floating_point
+    assert loaded.tokenizer.padding_side == "left"
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_4bit_base_chats_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
+    with Assistant.open(tmp_path, model=str(tiny_model_dir), quantize="4bit") as asst:
+        assert asst.base.quantized
+        linear = asst.base.model.model.layers[0].self_attn.q_proj
+        assert type(linear).__name__ == "Linear4bit"
+        asst.add_user("q")
+        reply = asst.chat("q", "hello", max_new_tokens=4, seed=0)
+        assert reply.adapter_version == 0
