@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from assistant.generation import Forward, bind_forward
 from assistant.model import LoadedModel
 from storage import adapters as adapter_files
 from storage import records
@@ -114,32 +113,13 @@ class AdapterRegistry:
                     if name != BASE:
                         self._leases[name] -= 1
 
-    def forward(self, binding: Binding):
+    def forward(self, binding: Binding) -> Forward:
         """A forward function for `generation.stream_tokens`, bound to the batch's adapters."""
         # Once peft has wrapped the base, its LoRA layers sit inside the base's modules, so
         # even base rows go through peft, named "__base__".
-        use_peft = self.peft is not None
-        model = self.peft if use_peft else self.base.model
-        extra = {"adapter_names": binding.adapter_names} if use_peft else {}
-
-        def run(
-            input_ids: torch.Tensor,
-            attention_mask: torch.Tensor,
-            position_ids: torch.Tensor,
-            past: Any,
-        ) -> Any:
-            with self.forward_lock:
-                return model(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    past_key_values=past,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **extra,
-                )
-
-        return run
+        if self.peft is None:
+            return bind_forward(self.base.model, self.forward_lock)
+        return bind_forward(self.peft, self.forward_lock, adapter_names=binding.adapter_names)
 
     def forget_user(self, user_id: str) -> None:
         """Drop a deleted user's adapters from memory."""

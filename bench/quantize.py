@@ -26,20 +26,6 @@ TRAIN_BATCH, TRAIN_TOKENS = 8, 128
 PROMPT = "Give me three tips for sleeping better."
 
 
-def _forward(model):
-    def run(input_ids, attention_mask, position_ids, past):
-        return model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-
-    return run
-
-
 def generation_tokens_per_s(loaded: LoadedModel, batch: int) -> float:
     tok = loaded.tokenizer
     ids = generation.prompt_token_ids(tok, [{"role": "user", "content": PROMPT}], None, 1024)
@@ -48,7 +34,7 @@ def generation_tokens_per_s(loaded: LoadedModel, batch: int) -> float:
     steps = sum(
         1
         for _ in generation.stream_tokens(
-            _forward(loaded.model),
+            generation.bind_forward(loaded.model),
             [ids] * batch,
             settings,
             list(range(batch)),

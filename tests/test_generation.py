@@ -13,6 +13,7 @@ from assistant.config import GenerationConfig
 from assistant.generation import (
     ZERO_WIDTH_SPACE,
     _top_p_filter,
+    bind_forward,
     escape_special_tokens,
     prompt_token_ids,
     sample,
@@ -30,20 +31,6 @@ def tiny(tiny_model_dir: Path):
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     return model, tokenizer
-
-
-def _forward(model):
-    def run(input_ids, attention_mask, position_ids, past):
-        return model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-
-    return run
 
 
 def test_escape_breaks_every_special_token() -> None:
@@ -114,9 +101,11 @@ def test_seed_per_row_is_independent_of_the_batch(tiny) -> None:
         tokenizer, [{"role": "user", "content": "a much longer question here"}], None, 512
     )
     eos = {tokenizer.eos_token_id}
-    alone = sample(_forward(model), tokenizer, [short], settings, [42], eos, torch.device("cpu"))
+    alone = sample(
+        bind_forward(model), tokenizer, [short], settings, [42], eos, torch.device("cpu")
+    )
     batched = sample(
-        _forward(model), tokenizer, [long, short], settings, [7, 42], eos, torch.device("cpu")
+        bind_forward(model), tokenizer, [long, short], settings, [7, 42], eos, torch.device("cpu")
     )
     assert batched[1].token_ids == alone[0].token_ids
 
@@ -126,7 +115,7 @@ def test_greedy_is_deterministic_and_stops_at_the_limit(tiny) -> None:
     settings = GenerationConfig(max_new_tokens=5, temperature=0.0)
     prompt = prompt_token_ids(tokenizer, [{"role": "user", "content": "hello"}], None, 512)
     one = sample(
-        _forward(model),
+        bind_forward(model),
         tokenizer,
         [prompt],
         settings,
@@ -135,7 +124,7 @@ def test_greedy_is_deterministic_and_stops_at_the_limit(tiny) -> None:
         torch.device("cpu"),
     )
     two = sample(
-        _forward(model),
+        bind_forward(model),
         tokenizer,
         [prompt],
         settings,
