@@ -52,16 +52,25 @@ class AdapterRegistry:
         # so two forwards on the same model must not overlap.
         self.forward_lock = threading.Lock()
 
+    @staticmethod
+    def adapter_name(user_id: str, version: int) -> str:
+        return f"{user_id}-v{version}"
+
     def _usable_version(self, user_id: str) -> tuple[int, Path | None]:
-        """The user's live version, or the newest earlier good one if it is damaged."""
+        """The user's live version, or the newest earlier good one if it is damaged.
+
+        Files are checked against their manifest when a version is loaded, not on every reply:
+        one already in memory was checked then.
+        """
         rows = [
             r
             for r in reversed(records.list_adapter_versions(self.store.db, user_id))
             if r["status"] in USABLE_STATUSES
         ]
-        live_first = sorted(rows, key=lambda r: r["status"] != "live")
-        for row in live_first:
+        for row in sorted(rows, key=lambda r: r["status"] != "live"):
             path = Path(row["path"])
+            if self.adapter_name(user_id, row["version"]) in self._hot:
+                return row["version"], path
             try:
                 adapter_files.verify_version(path)
             except adapter_files.CorruptAdapter as e:
@@ -95,7 +104,7 @@ class AdapterRegistry:
             names, versions = [], []
             for user_id in user_ids:
                 version, path = self._usable_version(user_id)
-                name = BASE if path is None else f"{user_id}-v{version}"
+                name = BASE if path is None else self.adapter_name(user_id, version)
                 if path is not None and name not in self._hot:
                     self._load(name, path)
                     self._hot[name] = None

@@ -263,21 +263,11 @@ class Assistant:
         """A conversation as stored, with each reply's standing thumb."""
         u = self.user(user)
         self._conversation(u, conversation_id)
-        rows = records.conversation_messages(self.store.db, conversation_id)
-        out = []
-        for r in rows:
-            feedback = records.get_feedback(self.store.db, r["id"])
-            out.append(
-                {
-                    "id": r["id"],
-                    "role": r["role"],
-                    "text": r["text"],
-                    "adapter_version": r["adapter_version"],
-                    "pair_id": r["pair_id"],
-                    "thumb": feedback["thumb"] if feedback else 0,
-                }
-            )
-        return out
+        keys = ("id", "role", "text", "adapter_version", "pair_id", "thumb")
+        return [
+            {k: r[k] for k in keys}
+            for r in records.conversation_with_thumbs(self.store.db, conversation_id)
+        ]
 
     # generating -------------------------------------------------------------------------------
 

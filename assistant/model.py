@@ -198,9 +198,28 @@ def wants_4bit(config: ModelConfig, device: torch.device) -> bool:
     return config.quantize == "4bit"
 
 
+def _from_pretrained(source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Tokenizer and model; a hub id is looked up in the local hub cache before the network,
+    so a cached model starts without a network round trip (or its time-out, offline)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def both(**extra: Any) -> tuple[Any, Any]:
+        return (
+            AutoTokenizer.from_pretrained(source, **extra),
+            AutoModelForCausalLM.from_pretrained(source, **kwargs, **extra),
+        )
+
+    if Path(source).is_dir():
+        return both()
+    try:
+        return both(local_files_only=True)
+    except OSError:
+        return both()
+
+
 def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     """Load the frozen base model and its tokenizer, ready for left-padded batches."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
     source = resolve(config, cache_dir)
     device = pick_device(config)
@@ -213,8 +232,7 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
         )
         kwargs["device_map"] = {"": str(device)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer, model = _from_pretrained(source, kwargs)
     except Exception as e:
         raise ModelUnavailable(
             f"could not load model {config.name!r} from {source}: {e}. attune runs offline: "

@@ -136,6 +136,18 @@ def add_messages(
     return rows
 
 
+def conversation_with_thumbs(db: Database, conversation_id: str) -> list[Row]:
+    """The conversation's messages in order, each with its standing thumb (0 if none)."""
+    return list(
+        db.query(
+            "select m.*, coalesce(f.thumb, 0) as thumb from messages m "
+            "left join feedback f on f.message_id = m.id "
+            "where m.conversation_id = ? order by m.seq",
+            [conversation_id],
+        )
+    )
+
+
 def get_message(db: Database, message_id: str) -> Row | None:
     return _first(db, "select * from messages where id = ?", [message_id])
 

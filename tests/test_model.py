@@ -27,12 +27,25 @@ def test_a_missing_path_is_a_clear_error(tmp_path: Path) -> None:
         resolve(ModelConfig(name="./relative/nowhere"), tmp_path / "cache")
 
 
-def test_an_unreachable_hub_id_fails_with_advice(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailable, match="attune runs offline"):
-        load(ModelConfig(name="no-such-org/no-such-model"), tmp_path / "cache")
+def run_offline(script: str, cwd: Path, hub_cache: Path) -> subprocess.CompletedProcess[str]:
+    """Run Python with the hub offline; huggingface_hub reads these variables at import time."""
+    env = {"HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True
+    )
+
+
+def test_an_unreachable_hub_id_fails_with_advice(tmp_path: Path) -> None:
+    script = (
+        "from assistant import Assistant, ModelUnavailable\n"
+        "try:\n"
+        "    Assistant.open('data', model='no-such-org/no-such-model')\n"
+        "except ModelUnavailable as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    result = run_offline(script, tmp_path, tmp_path / "hub")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "REFUSED" in result.stdout and "attune runs offline" in result.stdout
 
 
 def test_a_hub_id_loads_from_the_local_hub_cache(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -48,10 +61,7 @@ def test_a_hub_id_loads_from_the_local_hub_cache(tmp_path: Path, tiny_model_dir:
         "a.add_user('h')\n"
         "print('REPLY', a.chat('h', 'hi', max_new_tokens=3).adapter_version)\n"
     )
-    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    result = run_offline(script, tmp_path, tmp_path / "hub")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "REPLY 0" in result.stdout
 
