@@ -1,0 +1,282 @@
+"""Reward from clicks: r_user(x) = r_pop(x) + h_user(x) on frozen base-model features.
+
+Features are the base model's final hidden state at the last token of (prompt, reply), computed
+with every adapter disabled, so they do not drift while the policy trains. The population head
+learns from everyone and gives a new user a sensible start; the user's head is a small residual,
+initialised to zero and pulled toward zero, so three clicks cannot over-fit it.
+
+Losses, per kind of feedback, then weighted:
+- A/B with a winner: Bradley-Terry, -log sigmoid(r_winner - r_loser).
+- A/B tie: the same probability pushed toward 1/2 (the two scores move together).
+- A/B both bad, and thumbs: logistic, sigmoid(r - c) toward the label, with c learned.
+- a small mean(r^2) term keeps scores centred near zero (as TRL's reward trainer does).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Outcome = Literal["a", "b", "tie", "both_bad"]
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """How reward heads are shaped and fitted.
+
+    user_hidden: 0 makes the per-user head linear; > 0 gives it one hidden layer of that width.
+    user_l2: pull of the per-user head's weights toward zero (its prior: "like everyone").
+    pop_l2: the same for the population head, much weaker (it sees everyone's data).
+    pair_weight, thumb_weight: how much A/B choices and thumbs count against each other.
+    center: weight of mean(r^2), keeping scores near zero.
+    steps, lr: full-batch Adam steps per fit; the data per user is small.
+    holdout_fraction: share of a user's events held out to measure accuracy.
+    """
+
+    user_hidden: int = 0
+    user_l2: float = 1e-2
+    pop_l2: float = 1e-4
+    pair_weight: float = 1.0
+    thumb_weight: float = 1.0
+    center: float = 0.01
+    steps: int = 300
+    lr: float = 0.02
+    holdout_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class Feedback:
+    """One user's clicks as indices into a feature matrix."""
+
+    pairs: list[tuple[int, int, Outcome]] = field(
+        default_factory=list
+    )  # (answer a, answer b, outcome)
+    thumbs: list[tuple[int, int]] = field(default_factory=list)  # (reply, +1 or -1)
+
+    def __len__(self) -> int:
+        return len(self.pairs) + len(self.thumbs)
+
+    def split(self, fraction: float, seed: int) -> tuple[Feedback, Feedback]:
+        """(train, held out), each kind split separately so both stay represented."""
+        rng = random.Random(seed)
+        pairs, thumbs = list(self.pairs), list(self.thumbs)
+        rng.shuffle(pairs)
+        rng.shuffle(thumbs)
+        n_pairs = math.floor(len(pairs) * fraction)
+        n_thumbs = math.floor(len(thumbs) * fraction)
+        return (
+            Feedback(pairs[n_pairs:], thumbs[n_thumbs:]),
+            Feedback(pairs[:n_pairs], thumbs[:n_thumbs]),
+        )
+
+
+@torch.inference_mode()
+def features(
+    model: Any,
+    sequences: Sequence[Sequence[int]],
+    pad_id: int,
+    device: torch.device,
+    base_only: AbstractContextManager[Any] | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Final hidden state at the last token of each (prompt + reply) token sequence.
+
+    `base_only` is the context that switches adapters off (peft's `disable_adapter()`); with
+    left padding the last column is every row's last real token.
+    """
+    from assistant.generation import left_pad
+
+    rows = []
+    with base_only if base_only is not None else nullcontext():
+        for start in range(0, len(sequences), batch_size):
+            ids, mask = left_pad(sequences[start : start + batch_size], pad_id, device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+            rows.append(out.hidden_states[-1][:, -1, :].float().cpu())
+    return torch.cat(rows)
+
+
+class RewardHead(nn.Module):
+    """A scalar score of a feature vector; starts at exactly zero everywhere."""
+
+    def __init__(self, dim: int, hidden: int = 0):
+        super().__init__()
+        if hidden > 0:
+            self.net: nn.Module = nn.Sequential(
+                nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+            )
+        else:
+            self.net = nn.Linear(dim, 1)
+        last = self.net[-1] if isinstance(self.net, nn.Sequential) else self.net
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.threshold = nn.Parameter(torch.zeros(()))  # c: where a thumb flips from down to up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class Standardizer(nn.Module):
+    """Per-dimension mean and scale of the features, fitted once on the population's data.
+
+    Hidden states have a few huge dimensions; without this a linear head's steps are dominated
+    by them.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def fit(self, x: torch.Tensor) -> Standardizer:
+        self.mean.copy_(x.mean(0))
+        self.scale.copy_(x.std(0).clamp(min=1e-4) if len(x) > 1 else torch.ones_like(self.scale))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+def feedback_loss(
+    scores: torch.Tensor, threshold: torch.Tensor, feedback: Feedback, config: RewardConfig
+) -> torch.Tensor:
+    """The weighted sum of the pair and thumb losses described at the top of this module."""
+    terms = []
+    decided = [(a, b) if o == "a" else (b, a) for a, b, o in feedback.pairs if o in ("a", "b")]
+    ties = [(a, b) for a, b, o in feedback.pairs if o == "tie"]
+    both_bad = [i for a, b, o in feedback.pairs if o == "both_bad" for i in (a, b)]
+    pair_losses = []
+    if decided:
+        win, lose = map(torch.tensor, zip(*decided, strict=True))
+        pair_losses.append(-F.logsigmoid(scores[win] - scores[lose]))
+    if ties:
+        a, b = map(torch.tensor, zip(*ties, strict=True))
+        margin = scores[a] - scores[b]
+        pair_losses.append(
+            F.binary_cross_entropy_with_logits(
+                margin, torch.full_like(margin, 0.5), reduction="none"
+            )
+        )
+    if pair_losses:
+        terms.append(config.pair_weight * torch.cat(pair_losses).mean())
+    labelled = [(i, 1.0 if t > 0 else 0.0) for i, t in feedback.thumbs] + [
+        (i, 0.0) for i in both_bad
+    ]
+    if labelled:
+        index, label = zip(*labelled, strict=True)
+        logits = scores[torch.tensor(index)] - threshold
+        terms.append(
+            config.thumb_weight * F.binary_cross_entropy_with_logits(logits, torch.tensor(label))
+        )
+    if not terms:
+        return scores.sum() * 0.0
+    return sum(terms) + config.center * scores.pow(2).mean()
+
+
+def pairwise_accuracy(scores: torch.Tensor, feedback: Feedback) -> float | None:
+    """Share of comparisons the scores order the way the user did.
+
+    Comparisons: every A/B pair with a winner, and every (thumbed-up, thumbed-down) pair of
+    replies. None when there is nothing to compare.
+    """
+    comparisons = [(a, b) if o == "a" else (b, a) for a, b, o in feedback.pairs if o in ("a", "b")]
+    ups = [i for i, t in feedback.thumbs if t > 0]
+    downs = [i for i, t in feedback.thumbs if t < 0]
+    comparisons += [(u, d) for u in ups for d in downs]
+    if not comparisons:
+        return None
+    right = sum(float(scores[w] > scores[l]) for w, l in comparisons)
+    return right / len(comparisons)
+
+
+def _fit(
+    head: RewardHead,
+    inputs: torch.Tensor,
+    feedback: Feedback,
+    config: RewardConfig,
+    l2: float,
+    prior: torch.Tensor | None = None,
+) -> list[float]:
+    """Full-batch Adam on one head; `prior` is a fixed score added to its output."""
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=0.0)
+    weights = [p for n, p in head.named_parameters() if n.endswith("weight")]
+    losses = []
+    for _ in range(config.steps):
+        scores = head(inputs) + (prior if prior is not None else 0.0)
+        loss = feedback_loss(scores, head.threshold, feedback, config)
+        loss = loss + l2 * sum(w.pow(2).sum() for w in weights)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@dataclass
+class UserReward:
+    """r_pop + h_user on standardised features: what PPO and the gate score replies with."""
+
+    standardizer: Standardizer
+    population: RewardHead
+    user: RewardHead
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.standardizer(x)
+        return self.population(z) + self.user(z)
+
+
+def fit_population(
+    x: torch.Tensor, feedback: Feedback, config: RewardConfig
+) -> tuple[Standardizer, RewardHead]:
+    """The shared head, on everyone's feedback (indices into `x`)."""
+    torch.manual_seed(config.seed)
+    standardizer = Standardizer(x.shape[1]).fit(x)
+    head = RewardHead(x.shape[1])
+    _fit(head, standardizer(x), feedback, config, config.pop_l2)
+    return standardizer, head
+
+
+def fit_user(
+    standardizer: Standardizer,
+    population: RewardHead,
+    x: torch.Tensor,
+    feedback: Feedback,
+    config: RewardConfig,
+) -> tuple[UserReward, dict[str, Any]]:
+    """Fit the user's residual head on a train split; report held-out accuracy."""
+    torch.manual_seed(config.seed)
+    train, held_out = feedback.split(config.holdout_fraction, config.seed)
+    z = standardizer(x).detach()
+    with torch.no_grad():
+        prior = population(z)
+    head = RewardHead(x.shape[1], config.user_hidden)
+    head.threshold.data.copy_(population.threshold.data)
+    losses = _fit(head, z, train, config, config.user_l2, prior=prior)
+    reward = UserReward(standardizer, population, head)
+    scores = reward.score(x)
+    metrics = {
+        "reward_loss_first": losses[0] if losses else None,
+        "reward_loss_last": losses[-1] if losses else None,
+        "train_accuracy": pairwise_accuracy(scores, train),
+        "heldout_accuracy": pairwise_accuracy(scores, held_out),
+        "population_heldout_accuracy": pairwise_accuracy(prior, held_out),
+        "n_pairs": len(feedback.pairs),
+        "n_thumbs": len(feedback.thumbs),
+    }
+    return reward, metrics

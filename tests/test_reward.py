@@ -1,0 +1,118 @@
+"""Reward heads: they learn a hidden preference from clicks, stay modest on few clicks,
+handle ties and "both bad", and read features from the base with adapters off."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from online_rl.reward import (
+    Feedback,
+    RewardConfig,
+    RewardHead,
+    feedback_loss,
+    features,
+    fit_population,
+    fit_user,
+    pairwise_accuracy,
+)
+
+DIM = 32
+
+
+def simulated_user(direction: torch.Tensor, n: int, seed: int, noise: float = 0.0):
+    """Replies as random features; the user likes those along `direction`."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2 * n, DIM, generator=gen) * 3 + 5  # off-centre, unscaled, like hidden states
+    truth = (x - 5) @ direction
+    rng = random.Random(seed)
+    fb = Feedback()
+    for i in range(0, n, 2):
+        a, b = i, i + 1
+        winner = "a" if truth[a] > truth[b] else "b"
+        if rng.random() < noise:
+            winner = "b" if winner == "a" else "a"
+        fb.pairs.append((a, b, winner))
+    for i in range(n, 2 * n):
+        fb.thumbs.append((i, 1 if truth[i] > 0 else -1))
+    return x, fb
+
+
+def test_a_user_preference_is_learned_and_beats_the_population() -> None:
+    gen = torch.Generator().manual_seed(0)
+    everyone = torch.randn(DIM, generator=gen)
+    mine = torch.randn(DIM, generator=gen)
+    config = RewardConfig()
+    x_pop, fb_pop = simulated_user(everyone, 200, seed=1)
+    standardizer, population = fit_population(x_pop, fb_pop, config)
+    x, fb = simulated_user(mine, 160, seed=2)
+    reward, metrics = fit_user(standardizer, population, x, fb, config)
+    assert metrics["reward_loss_last"] < metrics["reward_loss_first"]
+    assert metrics["heldout_accuracy"] > 0.8
+    assert metrics["heldout_accuracy"] > metrics["population_heldout_accuracy"] + 0.1
+    assert metrics["n_pairs"] == 80 and metrics["n_thumbs"] == 160
+
+
+def test_noisy_clicks_still_learn() -> None:
+    direction = torch.randn(DIM, generator=torch.Generator().manual_seed(3))
+    config = RewardConfig()
+    x, fb = simulated_user(direction, 160, seed=4, noise=0.2)
+    standardizer, population = fit_population(x, Feedback(), config)
+    _, metrics = fit_user(standardizer, population, x, fb, config)
+    assert metrics["heldout_accuracy"] > 0.7
+
+
+def test_user_head_starts_at_zero_and_stays_small_on_few_clicks() -> None:
+    head = RewardHead(DIM)
+    assert torch.equal(head(torch.randn(5, DIM)), torch.zeros(5))
+    direction = torch.randn(DIM, generator=torch.Generator().manual_seed(5))
+    x, fb = simulated_user(direction, 6, seed=6)
+    few = Feedback(fb.pairs[:1], fb.thumbs[:2])
+    norms = {}
+    for l2 in (1e-3, 1.0):
+        config = RewardConfig(user_l2=l2, holdout_fraction=0.0)
+        standardizer, population = fit_population(x, Feedback(), config)
+        reward, _ = fit_user(standardizer, population, x, few, config)
+        norms[l2] = reward.user.net.weight.norm().item()
+    assert 0 < norms[1.0] < norms[1e-3] / 3
+
+
+def test_tie_pulls_scores_together_and_both_bad_pushes_both_down() -> None:
+    scores = torch.tensor([2.0, -2.0, 0.5, 0.4], requires_grad=True)
+    threshold = torch.zeros(())
+    config = RewardConfig(center=0.0)
+    feedback_loss(scores, threshold, Feedback(pairs=[(0, 1, "tie")]), config).backward()
+    assert scores.grad[0] > 0 and scores.grad[1] < 0  # descent lowers 0, raises 1
+    scores.grad = None
+    feedback_loss(scores, threshold, Feedback(pairs=[(2, 3, "both_bad")]), config).backward()
+    assert scores.grad[2] > 0 and scores.grad[3] > 0  # descent lowers both
+
+
+def test_pairwise_accuracy_counts_pairs_and_thumb_orderings() -> None:
+    scores = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5])
+    fb = Feedback(pairs=[(0, 1, "a"), (0, 1, "b"), (0, 1, "tie")], thumbs=[(2, 1), (4, 1), (3, -1)])
+    # pairs: 1 of 2 right; thumbs: (2>3) and (4>3) right -> 3 of 4
+    assert pairwise_accuracy(scores, fb) == pytest.approx(0.75)
+    assert pairwise_accuracy(scores, Feedback(thumbs=[(2, 1)])) is None
+
+
+def test_features_ignore_adapters(tiny_model_dir: Path) -> None:
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    sequences = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    plain = features(base, sequences, pad_id=2, device=torch.device("cpu"))
+    assert plain.shape == (3, base.config.hidden_size)
+    single = features(base, [sequences[1]], pad_id=2, device=torch.device("cpu"))
+    assert torch.allclose(single[0], plain[1], atol=1e-5)  # padding does not change a row
+    torch.manual_seed(0)
+    peft = get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    with_adapter = features(peft, sequences, pad_id=2, device=torch.device("cpu"))
+    assert not torch.allclose(with_adapter, plain, atol=1e-4)
+    base_only = features(peft, sequences, 2, torch.device("cpu"), base_only=peft.disable_adapter())
+    assert torch.allclose(base_only, plain, atol=1e-5)
