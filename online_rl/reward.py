@@ -200,7 +200,7 @@ def pairwise_accuracy(scores: torch.Tensor, feedback: Feedback) -> float | None:
     comparisons += [(u, d) for u in ups for d in downs]
     if not comparisons:
         return None
-    right = sum(float(scores[w] > scores[l]) for w, l in comparisons)
+    right = sum(float(scores[win] > scores[lose]) for win, lose in comparisons)
     return right / len(comparisons)
 
 
