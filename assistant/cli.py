@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,9 +39,11 @@ def _assistant(args: argparse.Namespace) -> Assistant:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     asst = _assistant(args)
+    started = time.perf_counter()
     loaded = asst.base
+    seconds = time.perf_counter() - started
     precision = "4bit" if loaded.quantized else "full precision"
-    print(f"model ready: {loaded.source} on {loaded.device} ({precision})")
+    print(f"model ready in {seconds:.1f} s: {loaded.source} on {loaded.device} ({precision})")
     return 0
 
 

@@ -11,7 +11,7 @@ import secrets
 import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,12 +274,7 @@ class Assistant:
     def _settings(self, gen: dict[str, Any]) -> GenerationConfig:
         settings = self.config.generation.with_overrides(gen, self.config.chat.max_new_tokens_limit)
         if settings.seed is None:
-            return GenerationConfig(
-                settings.max_new_tokens,
-                settings.temperature,
-                settings.top_p,
-                secrets.randbelow(SEED_RANGE),
-            )
+            return replace(settings, seed=secrets.randbelow(SEED_RANGE))
         return settings
 
     def _prompt_ids(self, turns: list[dict[str, str]], settings: GenerationConfig) -> list[int]:
@@ -322,8 +317,13 @@ class Assistant:
         seeds: Sequence[int],
     ) -> tuple[list[generation.Sample], list[int]]:
         """Whole replies, with the adapter version each row ran on."""
-        rows, ended, versions = generation.last(self._stream(user_ids, prompts, settings, seeds))
-        return generation.to_samples(self.base.tokenizer, rows, ended), versions
+        base = self.base
+        with self.adapters.lease(user_ids) as binding:
+            forward = self.adapters.forward(binding)
+            samples = generation.sample(
+                forward, base.tokenizer, prompts, settings, seeds, base.eos_ids, base.device
+            )
+        return samples, binding.versions
 
     def _prepare(self, user: str, message: str, conversation_id: str | None, gen: dict[str, Any]):
         u = self.user(user)
@@ -431,9 +431,7 @@ class Assistant:
             self._answer(
                 s,
                 v,
-                GenerationConfig(
-                    settings.max_new_tokens, settings.temperature, settings.top_p, seed
-                ),
+                replace(settings, seed=seed),
             )
             for s, v, seed in zip(samples, versions, seeds, strict=True)
         ]

@@ -61,10 +61,6 @@ def get_user(db: Database, name: str) -> Row | None:
     return _first(db, "select * from users where name = ?", [name])
 
 
-def get_user_by_id(db: Database, user_id: str) -> Row | None:
-    return _first(db, "select * from users where id = ?", [user_id])
-
-
 def list_users(db: Database) -> list[Row]:
     return list(db.query("select * from users order by created"))
 
@@ -216,15 +212,6 @@ def set_pair_winner(db: Database, pair_id: str, winner: str) -> bool:
 
 
 # training history -----------------------------------------------------------------------------
-
-
-def live_adapter_version(db: Database, user_id: str) -> Row | None:
-    return _first(
-        db,
-        "select * from adapter_versions where user_id = ? and status = 'live' "
-        "order by version desc limit 1",
-        [user_id],
-    )
 
 
 def list_adapter_versions(db: Database, user_id: str) -> list[Row]:
