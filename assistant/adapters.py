@@ -27,7 +27,6 @@ from storage.db import Store
 log = logging.getLogger(__name__)
 
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
-USABLE_STATUSES = ("live", "retired")
 
 
 @dataclass(frozen=True)
@@ -56,18 +55,27 @@ class AdapterRegistry:
     def adapter_name(user_id: str, version: int) -> str:
         return f"{user_id}-v{version}"
 
-    def _usable_version(self, user_id: str) -> tuple[int, Path | None]:
-        """The user's live version, or the newest earlier good one if it is damaged.
+    def usable_version(self, user_id: str) -> tuple[int, Path | None]:
+        """The user's live version, or the newest older retired one if it is damaged.
 
-        Files are checked against their manifest when a version is loaded, not on every reply:
-        one already in memory was checked then.
+        No live version means the bare base (version 0, after a rollback to the base or before
+        any accepted round). Files are checked against their manifest when a version is loaded,
+        not on every reply: one already in memory was checked then.
         """
-        rows = [
+        with self._lock:
+            return self._usable_version(user_id)
+
+    def _usable_version(self, user_id: str) -> tuple[int, Path | None]:
+        rows = records.list_adapter_versions(self.store.db, user_id)
+        live = [r for r in rows if r["status"] == "live"]
+        if not live:
+            return 0, None
+        fallbacks = [
             r
-            for r in reversed(records.list_adapter_versions(self.store.db, user_id))
-            if r["status"] in USABLE_STATUSES
+            for r in reversed(rows)
+            if r["status"] == "retired" and r["version"] < live[0]["version"]
         ]
-        for row in sorted(rows, key=lambda r: r["status"] != "live"):
+        for row in live + fallbacks:
             path = Path(row["path"])
             if self.adapter_name(user_id, row["version"]) in self._hot:
                 return row["version"], path
@@ -103,7 +111,7 @@ class AdapterRegistry:
         with self._lock:
             names, versions = [], []
             for user_id in user_ids:
-                version, path = self._usable_version(user_id)
+                version, path = self.usable_version(user_id)
                 name = BASE if path is None else self.adapter_name(user_id, version)
                 if path is not None and name not in self._hot:
                     self._load(name, path)

@@ -135,7 +135,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise NotAvailableYet(
             f"benchmark {args.name!r} is not implemented yet; available: {', '.join(BENCHMARKS)}"
         )
-    return BENCHMARKS[args.name](args)
+    return BENCHMARKS[args.name](args, args.options)
 
 
 def not_yet(what: str) -> Callable[[argparse.Namespace], int]:
@@ -224,8 +224,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output folder")
 
     bench = add("bench", cmd_bench, "run a benchmark (see bench/)")
-    bench.add_argument("name", help="which benchmark, e.g. quantize")
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("name", help="which benchmark: quantize, personalize")
+    bench.add_argument(
+        "options", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)"
+    )
 
     add("provision", cmd_provision, "fetch and convert the model now, so the first start is fast")
     return top

@@ -13,7 +13,7 @@ import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant import generation
 from assistant import model as base_model
@@ -28,7 +28,7 @@ from assistant.config import (
 from assistant.errors import (
     AlreadyChosen,
     InvalidInput,
-    NotAvailableYet,
+    NotFound,
     PermissionDenied,
     UnknownConversation,
     UnknownMessage,
@@ -41,6 +41,10 @@ from storage import adapters as adapter_files
 from storage import export as feedback_export
 from storage import records
 from storage.db import Store, writing
+
+if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
+    from online_rl.round import Trainer, TrainingConfig, TrainReport
+    from online_rl.scheduler import SchedulerConfig, TrainingScheduler
 
 USER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-@")
 MAX_USER_NAME = 64
@@ -67,6 +71,7 @@ class Reply:
     conversation_id: str
     text: str
     adapter_version: int  # 0 = the bare base model
+    ended_by_model: bool = True  # False when the token limit cut the reply off
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,25 @@ def clean_text(text: Any, what: str, limit: int) -> str:
 class Assistant:
     """A personal assistant per user on one shared base model."""
 
-    def __init__(self, config: AssistantConfig, loaded: base_model.LoadedModel | None = None):
+    def __init__(
+        self,
+        config: AssistantConfig,
+        loaded: base_model.LoadedModel | None = None,
+        training: TrainingConfig | None = None,
+    ):
         """Open storage now; load the model now if given, else on first use (user management
-        and export never need it)."""
+        and export never need it). A round left 'running' by a dead process is marked failed,
+        and half-written adapter folders are removed."""
         self.config = config
         self.store = Store(config.db_path)
         adapter_files.remove_partial_writes(config.adapters_dir)
+        records.fail_interrupted_runs(self.store.db)
         self._loaded = loaded
         self._adapters: AdapterRegistry | None = None
         self._load_lock = threading.Lock()
+        self._training_config = training
+        self._trainer: Trainer | None = None
+        self.scheduler: TrainingScheduler | None = None
 
     @property
     def base(self) -> base_model.LoadedModel:
@@ -135,6 +150,16 @@ class Assistant:
                 )
             return self._adapters
 
+    @property
+    def trainer(self) -> Trainer:
+        """The online-RL trainer (created on first use; imports torch-heavy modules)."""
+        from online_rl.round import Trainer, TrainingConfig
+
+        with self._load_lock:
+            if self._trainer is None:
+                self._trainer = Trainer(self, self._training_config or TrainingConfig())
+            return self._trainer
+
     @classmethod
     def open(
         cls,
@@ -147,12 +172,14 @@ class Assistant:
         model_cache: str | Path | None = None,
         generation_defaults: GenerationConfig | None = None,
         chat: ChatConfig | None = None,
+        training: TrainingConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
     ) -> Assistant:
-        """Open (creating if needed) the data dir and load the base model."""
-        if background:
-            raise NotAvailableYet(
-                "background training arrives with the online RL issue; open with background=False"
-            )
+        """Open (creating if needed) the data dir and load the base model.
+
+        background=True also starts the training scheduler: rounds then run by themselves as
+        users click (one scheduler per data folder and process).
+        """
         config = AssistantConfig(
             data_dir=Path(data_dir),
             model=ModelConfig(
@@ -166,9 +193,26 @@ class Assistant:
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         loaded = base_model.load(config.model, config.model_cache_dir)
-        return cls(config, loaded)
+        assistant = cls(config, loaded, training)
+        if background:
+            assistant.start_background(scheduler)
+        return assistant
+
+    def start_background(self, config: SchedulerConfig | None = None) -> TrainingScheduler:
+        """Start (once per process and data folder) the scheduler that trains as users click."""
+        from online_rl import scheduler as training_scheduler
+
+        self.scheduler = training_scheduler.start_for(
+            self, config or training_scheduler.SchedulerConfig()
+        )
+        return self.scheduler
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            from online_rl import scheduler as training_scheduler
+
+            training_scheduler.stop_for(self)
+            self.scheduler = None
         self.store.close()
 
     def __enter__(self) -> Assistant:
@@ -408,7 +452,7 @@ class Assistant:
             conv_id, stored = self._save(
                 u, conversation_id, text, [self._answer(sample, versions[0], settings)], pair=False
             )
-            yield Reply(stored[1]["id"], conv_id, sample.text, versions[0])
+            yield Reply(stored[1]["id"], conv_id, sample.text, versions[0], sample.finished)
 
         return run()
 
@@ -436,11 +480,24 @@ class Assistant:
             for s, v, seed in zip(samples, versions, seeds, strict=True)
         ]
         conv_id, stored = self._save(u, conversation_id, text, answers, pair=True)
-        a, b = (Reply(r["id"], conv_id, r["text"], r["adapter_version"]) for r in stored[1:])
+        a, b = (
+            Reply(r["id"], conv_id, r["text"], r["adapter_version"], s.finished)
+            for r, s in zip(stored[1:], samples, strict=True)
+        )
         return Pair(stored[0]["pair_id"], a, b)
 
     def generate(self, user: str, prompts: Sequence[str], **gen: Any) -> list[str]:
         """Batched single-turn replies with the user's live adapter; stores nothing."""
+        return [s.text for s in self.sample_replies(user, prompts, **gen)]
+
+    def sample_replies(
+        self, user: str, prompts: Sequence[str], **gen: Any
+    ) -> list[generation.Sample]:
+        """Like `generate`, with each reply's tokens and whether the model ended it (EOS).
+
+        Row i uses seed `seed + i`, so two models asked with the same seed are compared on
+        the same random draws (what evaluations want).
+        """
         u = self.user(user)
         if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
             raise InvalidInput("prompts must be a non-empty list of strings")
@@ -449,7 +506,7 @@ class Assistant:
         ids = [self._prompt_ids([{"role": "user", "content": t}], settings) for t in texts]
         seeds = [(settings.seed + i) % SEED_RANGE for i in range(len(ids))]
         samples, _ = self._complete([u.id] * len(ids), ids, settings, seeds)
-        return [s.text for s in samples]
+        return samples
 
     # feedback ---------------------------------------------------------------------------------
 
@@ -466,6 +523,7 @@ class Assistant:
         records.upsert_feedback(
             self.store.db, message["id"], u.id, thumb, reason if thumb else None
         )
+        self._clicked(u)
 
     def choose(self, user: str, pair_id: str, winner: str) -> None:
         """Record which answer of an A/B pair the user preferred; a pair is decided once."""
@@ -479,13 +537,64 @@ class Assistant:
             raise PermissionDenied("that A/B pair belongs to another user")
         if not records.set_pair_winner(self.store.db, pair_id, winner):
             raise AlreadyChosen("this A/B pair was decided already")
+        self._clicked(u)
+
+    def _clicked(self, user: User) -> None:
+        """Tell the scheduler (if running) that the user has a new click."""
+        if self.scheduler is not None:
+            self.scheduler.notify(user.id)
 
     # training ---------------------------------------------------------------------------------
 
-    def train(self, user: str):
-        """One online-RL round for the user (arrives with the online RL issue)."""
-        self.user(user)
-        raise NotAvailableYet("training rounds arrive with the online RL issue")
+    def train(self, user: str) -> TrainReport:
+        """Run one online-RL round for the user now, and wait for it.
+
+        The candidate version goes live only if the gate accepts it; the report says why.
+        """
+        u = self.user(user)
+        return self.trainer.run(u.id)
+
+    def training_state(self, user: str) -> str | None:
+        """ "queued" or "running" while the background scheduler has a round for the user."""
+        u = self.user(user)
+        return self.scheduler.state(u.id) if self.scheduler is not None else None
+
+    def versions(self, user: str) -> list[dict[str, Any]]:
+        """The user's adapter versions, oldest first, with status and the reason of rejections."""
+        u = self.user(user)
+        keys = ("version", "parent", "status", "reason", "created")
+        return [
+            {k: r[k] for k in keys} | {"metrics": json.loads(r["metrics"] or "{}")}
+            for r in records.list_adapter_versions(self.store.db, u.id)
+        ]
+
+    def rollback(self, user: str, version: int) -> None:
+        """Make an earlier version live again (0 = the bare base model).
+
+        The version must have been live before (retired or rolled back) and be intact on disk;
+        the current live version becomes rolled_back. Replies in flight finish on the old one.
+        """
+        u = self.user(user)
+        if type(version) is not int or version < 0:
+            raise InvalidInput(f"version must be a whole number >= 0, not {version!r}")
+        rows = {r["version"]: r for r in records.list_adapter_versions(self.store.db, u.id)}
+        live = next((v for v, r in rows.items() if r["status"] == "live"), 0)
+        if version == live:
+            raise InvalidInput(f"version {version} is live already")
+        if version != 0:
+            row = rows.get(version)
+            if row is None:
+                raise NotFound(f"user {user!r} has no adapter version {version}")
+            if row["status"] not in ("retired", "rolled_back"):
+                raise InvalidInput(
+                    f"version {version} is {row['status']}: only versions that were live can "
+                    "come back"
+                )
+            try:
+                adapter_files.verify_version(Path(row["path"]))
+            except adapter_files.CorruptAdapter as e:
+                raise InvalidInput(f"version {version} is damaged on disk: {e}") from e
+        records.make_live(self.store.db, u.id, version or None, old_status="rolled_back")
 
     def trends(self, user: str) -> list[dict[str, Any]]:
         """One row per training run, oldest first: what the operator's trend plot draws."""

@@ -8,6 +8,7 @@ take a fraction of a second instead of a conversion.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -57,6 +58,19 @@ class LoadedModel:
     device: torch.device
     quantized: bool
     source: str  # the folder or hub id it was loaded from
+    # A second module tree over the same weight tensors, taken before any adapter is attached:
+    # training wraps it with its own LoRA while serving keeps the original (see training_copy).
+    pristine: Any = None
+
+    def training_copy(self) -> Any:
+        """A model that shares every weight with the served one but none of its modules.
+
+        peft attaches adapters by replacing modules in place; training on this copy leaves
+        the serving model's adapters and locks alone, and costs no second set of weights.
+        """
+        template = self.pristine if self.pristine is not None else self.model
+        tensors = [*template.parameters(), *template.buffers()]
+        return copy.deepcopy(template, {id(t): t for t in tensors})
 
     @property
     def eos_ids(self) -> set[int]:
@@ -247,4 +261,6 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     tokenizer.padding_side = "left"
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"model {config.name!r} has no chat template")
-    return LoadedModel(model, tokenizer, device, quantize, source)
+    loaded = LoadedModel(model, tokenizer, device, quantize, source)
+    loaded.pristine = loaded.training_copy()
+    return loaded

@@ -1,8 +1,10 @@
 """Benchmarks: each prints a table and writes JSON under bench/results/.
 
-`attune bench NAME` runs one; the README shows the latest results and the command.
+`attune bench NAME [OPTIONS]` runs one (`attune bench NAME --help` lists its options); the
+README shows the latest results and the command.
 """
 
+from bench.personalize import run as personalize
 from bench.quantize import run as quantize
 
-BENCHMARKS = {"quantize": quantize}
+BENCHMARKS = {"quantize": quantize, "personalize": personalize}

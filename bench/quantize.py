@@ -68,7 +68,10 @@ def train_step_seconds(loaded: LoadedModel) -> float:
     return statistics.median(times[1:])
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, options: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="attune bench quantize")
+    parser.add_argument("--repeats", type=int, default=3)
+    args.repeats = parser.parse_args(options).repeats
     cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
     results: dict[str, dict[str, list[float]]] = {"none": {}, "4bit": {}}
     for _ in range(args.repeats):

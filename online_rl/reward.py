@@ -39,6 +39,10 @@ class RewardConfig:
     center: weight of mean(r^2), keeping scores near zero.
     steps, lr: full-batch Adam steps per fit; the data per user is small.
     holdout_fraction: share of a user's events held out to measure accuracy.
+    population_events: how many of the user's own events the population head counts as: its
+        weight in the user's reward is k / (k + n) after n events, so it guides a new user
+        and fades as the user's own head learns (where the user's clicks say nothing, e.g.
+        about length, another group's taste would otherwise leak into this user's model).
     """
 
     user_hidden: int = 0
@@ -50,6 +54,7 @@ class RewardConfig:
     steps: int = 300
     lr: float = 0.02
     holdout_fraction: float = 0.2
+    population_events: int = 16
     seed: int = 0
 
 
@@ -229,16 +234,26 @@ def _fit(
 
 @dataclass
 class UserReward:
-    """r_pop + h_user on standardised features: what PPO and the gate score replies with."""
+    """w * r_pop + h_user on standardised features: what PPO and the gate score replies with."""
 
     standardizer: Standardizer
     population: RewardHead
     user: RewardHead
+    population_weight: float = 1.0
 
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
         z = self.standardizer(x)
-        return self.population(z) + self.user(z)
+        return self.population_weight * self.population(z) + self.user(z)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to score again later (saved beside the user's adapter)."""
+        return {
+            "standardizer": self.standardizer.state_dict(),
+            "population": self.population.state_dict(),
+            "user": self.user.state_dict(),
+            "population_weight": self.population_weight,
+        }
 
 
 def fit_population(
@@ -263,12 +278,13 @@ def fit_user(
     torch.manual_seed(config.seed)
     train, held_out = feedback.split(config.holdout_fraction, config.seed)
     z = standardizer(x).detach()
+    weight = config.population_events / (config.population_events + len(feedback))
     with torch.no_grad():
-        prior = population(z)
+        prior = weight * population(z)
     head = RewardHead(x.shape[1], config.user_hidden)
     head.threshold.data.copy_(population.threshold.data)
     losses = _fit(head, z, train, config, config.user_l2, prior=prior)
-    reward = UserReward(standardizer, population, head)
+    reward = UserReward(standardizer, population, head, weight)
     scores = reward.score(x)
     metrics = {
         "reward_loss_first": losses[0] if losses else None,
@@ -276,6 +292,7 @@ def fit_user(
         "train_accuracy": pairwise_accuracy(scores, train),
         "heldout_accuracy": pairwise_accuracy(scores, held_out),
         "population_heldout_accuracy": pairwise_accuracy(prior, held_out),
+        "population_weight": weight,
         "n_pairs": len(feedback.pairs),
         "n_thumbs": len(feedback.thumbs),
     }

@@ -68,6 +68,13 @@ def write_version(root: Path, user_id: str, version: int, write: Callable[[Path]
     return final
 
 
+def highest_version_on_disk(root: Path, user_id: str) -> int:
+    """The highest version folder of the user (0 if none): a crash after writing a version but
+    before recording it must not make the next round reuse its number."""
+    numbers = [int(p.name[1:]) for p in (Path(root) / user_id).glob("v[0-9]*") if p.is_dir()]
+    return max(numbers, default=0)
+
+
 def verify_version(path: Path) -> None:
     """Raise CorruptAdapter unless every file in the manifest is present and intact."""
     path = Path(path)

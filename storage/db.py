@@ -120,6 +120,23 @@ def m001_initial(db: Database) -> None:
     db["training_runs"].create_index(["user_id", "started"])
 
 
+@migrations()
+def m002_training(db: Database) -> None:
+    """Online RL: cached reward features per reply, and why a run ended as it did."""
+    db["features"].create(
+        {
+            "message_id": str,
+            "model": str,  # which base model computed it: features of two models do not mix
+            "user_id": str,
+            "vector": bytes,  # float32, little-endian
+        },
+        pk=("message_id", "model"),
+        foreign_keys=[("message_id", "messages", "id"), ("user_id", "users", "id")],
+        not_null={"user_id", "vector"},
+    )
+    db["training_runs"].add_column("reason", str)
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

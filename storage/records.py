@@ -20,6 +20,7 @@ from storage.db import writing
 Row = dict[str, Any]
 
 USER_TABLES_BY_DEPENDENCY = (
+    "features",
     "feedback",
     "pairs",
     "messages",
@@ -148,6 +149,11 @@ def get_message(db: Database, message_id: str) -> Row | None:
     return _first(db, "select * from messages where id = ?", [message_id])
 
 
+def message_generation(message: Row) -> dict[str, Any]:
+    """The generation settings stored with a reply ({} for a user's message)."""
+    return json.loads(message["generation"] or "{}")
+
+
 # feedback ---------------------------------------------------------------------------------------
 
 
@@ -220,9 +226,161 @@ def list_adapter_versions(db: Database, user_id: str) -> list[Row]:
     )
 
 
+def live_version(db: Database, user_id: str) -> Row | None:
+    return _first(
+        db, "select * from adapter_versions where user_id = ? and status = 'live'", [user_id]
+    )
+
+
+def version_metrics(db: Database, user_id: str, version: int) -> dict[str, Any]:
+    row = _first(
+        db,
+        "select metrics from adapter_versions where user_id = ? and version = ?",
+        [user_id, version],
+    )
+    return json.loads(row["metrics"] or "{}") if row else {}
+
+
+def next_version(db: Database, user_id: str) -> int:
+    last = _first(db, "select max(version) as v from adapter_versions where user_id = ?", [user_id])
+    return (last["v"] if last and last["v"] is not None else 0) + 1
+
+
+def make_live(db: Database, user_id: str, version: int | None, old_status: str) -> None:
+    """Switch the user's live version in one transaction: the current live one gets
+    `old_status` (retired after a newer one is accepted, rolled_back on a rollback); None
+    leaves the user on the bare base."""
+    with writing(db):
+        db.execute(
+            "update adapter_versions set status = ? where user_id = ? and status = 'live'",
+            [old_status, user_id],
+        )
+        if version is not None:
+            db.execute(
+                "update adapter_versions set status = 'live' where user_id = ? and version = ?",
+                [user_id, version],
+            )
+
+
+def start_training_run(db: Database, user_id: str) -> Row:
+    row = {
+        "id": new_id(),
+        "user_id": user_id,
+        "started": now(),
+        "finished": None,
+        "outcome": "running",
+        "version": None,
+        "metrics": "{}",
+        "reason": None,
+    }
+    db["training_runs"].insert(row)
+    return row
+
+
+def finish_training_run(
+    db: Database,
+    run_id: str,
+    outcome: str,
+    version: int | None,
+    reason: str | None,
+    metrics: dict[str, Any],
+) -> None:
+    db["training_runs"].update(
+        run_id,
+        {
+            "finished": now(),
+            "outcome": outcome,
+            "version": version,
+            "reason": reason,
+            "metrics": json.dumps(metrics),
+        },
+    )
+
+
+def fail_interrupted_runs(db: Database) -> int:
+    """Runs still 'running' when the process starts died with it: record them as failed."""
+    with writing(db):
+        cursor = db.execute(
+            "update training_runs set outcome = 'failed', finished = ?, "
+            "reason = 'interrupted: the process stopped during the round' "
+            "where outcome = 'running'",
+            [now()],
+        )
+    return cursor.rowcount
+
+
 def list_training_runs(db: Database, user_id: str) -> list[Row]:
     return list(
         db.query("select * from training_runs where user_id = ? order by started", [user_id])
+    )
+
+
+def last_training_run(db: Database, user_id: str) -> Row | None:
+    return _first(
+        db,
+        "select * from training_runs where user_id = ? order by started desc limit 1",
+        [user_id],
+    )
+
+
+def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
+    """Clicks (thumbs, changes of mind, A/B choices) the user made after `since`."""
+    since = since or ""
+    thumbs = _first(
+        db, "select count(*) as n from feedback where user_id = ? and updated > ?", [user_id, since]
+    )
+    choices = _first(
+        db, "select count(*) as n from pairs where user_id = ? and chosen_at > ?", [user_id, since]
+    )
+    return (thumbs["n"] if thumbs else 0) + (choices["n"] if choices else 0)
+
+
+def users_with_feedback_since_last_run(db: Database) -> list[str]:
+    """Ids of users who clicked anything after the start of their latest training run."""
+    sql = """
+    with last as (select user_id, max(started) as started from training_runs group by user_id)
+    select u.id from users u left join last on last.user_id = u.id
+    where exists (select 1 from feedback f where f.user_id = u.id
+                  and f.updated > coalesce(last.started, ''))
+       or exists (select 1 from pairs p where p.user_id = u.id
+                  and p.chosen_at > coalesce(last.started, ''))
+    """
+    return [r["id"] for r in db.query(sql)]
+
+
+# training data ----------------------------------------------------------------------------------
+
+
+def user_prompts(db: Database, user_id: str, limit: int) -> list[Row]:
+    """The user's most recent messages (role user), newest first: what rollouts sample from."""
+    return list(
+        db.query(
+            "select * from messages where user_id = ? and role = 'user' "
+            "order by created desc, seq desc limit ?",
+            [user_id, limit],
+        )
+    )
+
+
+def get_features(db: Database, message_ids: Iterable[str], model: str) -> dict[str, bytes]:
+    ids = list(message_ids)
+    out: dict[str, bytes] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for r in db.query(
+            f"select message_id, vector from features where model = ? and message_id in ({marks})",
+            [model, *chunk],
+        ):
+            out[r["message_id"]] = r["vector"]
+    return out
+
+
+def put_features(db: Database, model: str, rows: Iterable[tuple[str, str, bytes]]) -> None:
+    """Store (message_id, user_id, float32 bytes) feature vectors computed with `model`."""
+    db["features"].upsert_all(
+        [{"message_id": m, "model": model, "user_id": u, "vector": v} for m, u, v in rows],
+        pk=("message_id", "model"),
     )
 
 

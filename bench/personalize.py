@@ -1,0 +1,269 @@
+"""Does it really learn? Simulated users with hidden preferences drive the facade.
+
+Each simulated user asks questions from a training prompt list, gets two answers
+(`Assistant.compare`), picks one the way their preference says and thumbs each answer up or
+down; every `--events-per-round` clicks a training round runs (`Assistant.train`, what the
+background scheduler would do). Afterwards the base model and every user's live adapter answer
+held-out prompts with the same seeds, and the share of replies that satisfy each preference
+is compared: a user's own rate should rise, the other users' adapters should not drift toward it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from assistant import Assistant
+from assistant.generation import Sample
+
+RESULTS = Path(__file__).parent / "results"
+PROMPTS = Path(__file__).parent / "data" / "prompts.json"
+PROBE = "bench-probe"  # a user who never clicks: answers with the bare base
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass(frozen=True)
+class Preference:
+    """What a simulated user likes: a yes/no test and a graded score for A/B choices."""
+
+    name: str
+    satisfied: Callable[[Sample], bool]
+    score: Callable[[Sample], float]
+    flip: float = 0.0  # share of clicks flipped (a noisy user)
+
+
+def _you(s: Sample) -> int:
+    return len(re.findall(r"\byou\b", s.text, flags=re.IGNORECASE))
+
+
+def _bold(s: Sample) -> int:
+    return len(re.findall(r"\*\*[^*\n]+\*\*", s.text))
+
+
+CONCISE = Preference(
+    "concise",
+    lambda s: s.finished and 0 < words(s.text) <= 40,
+    lambda s: -words(s.text) - (0 if s.finished else 100),
+)
+PREFERENCES = {
+    p.name: p
+    for p in (
+        CONCISE,
+        Preference("warm", lambda s: _you(s) >= 3, lambda s: float(_you(s))),
+        Preference("emphatic", lambda s: _bold(s) >= 1, lambda s: float(_bold(s))),
+        replace(CONCISE, name="concise-noisy", flip=0.2),
+    )
+}
+
+
+def clicks(pref: Preference, a: Sample, b: Sample, rng: random.Random) -> tuple[str, int, int]:
+    """(A/B choice, thumb on a, thumb on b) as this user would click them."""
+    ok_a, ok_b = pref.satisfied(a), pref.satisfied(b)
+    score_a, score_b = pref.score(a), pref.score(b)
+    if ok_a != ok_b:
+        winner = "a" if ok_a else "b"
+    elif score_a == score_b:
+        winner = "tie" if ok_a else "both_bad"
+    else:
+        winner = "a" if score_a > score_b else "b"
+    thumb_a, thumb_b = (1 if ok_a else -1), (1 if ok_b else -1)
+    if rng.random() < pref.flip:
+        winner = {"a": "b", "b": "a"}.get(winner, winner)
+    if rng.random() < pref.flip:
+        thumb_a = -thumb_a
+    if rng.random() < pref.flip:
+        thumb_b = -thumb_b
+    return winner, thumb_a, thumb_b
+
+
+def as_sample(text: str, ended: bool) -> Sample:
+    return Sample([], text, ended)
+
+
+def evaluate(
+    asst: Assistant, user: str, prompts: list[str], repeats: int, gen: dict, batch: int
+) -> list[Sample]:
+    """Replies of the user's live model to every prompt, `repeats` times, fixed seeds."""
+    out: list[Sample] = []
+    asks = [p for _ in range(repeats) for p in prompts]
+    for start in range(0, len(asks), batch):
+        out += asst.sample_replies(user, asks[start : start + batch], **gen, seed=1000 + start)
+    return out
+
+
+def rates(samples: list[Sample]) -> dict[str, float]:
+    return {
+        name: sum(p.satisfied(s) for s in samples) / len(samples) for name, p in PREFERENCES.items()
+    }
+
+
+def run(args: argparse.Namespace, options: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="attune bench personalize")
+    parser.add_argument("--users", default=",".join(PREFERENCES), help="comma-separated")
+    parser.add_argument("--events", type=int, default=64, help="clicks per user")
+    parser.add_argument("--events-per-round", type=int, default=16)
+    parser.add_argument("--eval-repeats", type=int, default=4, help="samples per held-out prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS / "personalize.json"))
+    opts = parser.parse_args(options)
+    names = opts.users.split(",")
+    unknown = [n for n in names if n not in PREFERENCES]
+    if unknown:
+        parser.error(f"unknown users {unknown}; choose from {list(PREFERENCES)}")
+
+    data = Path(args.data_dir) / "bench-personalize"
+    if data.exists():
+        import shutil
+
+        shutil.rmtree(data)
+    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
+    asst = Assistant.open(
+        data, model=args.model, quantize=args.quantize, device=args.device, model_cache=cache
+    )
+    prompts = json.loads(PROMPTS.read_text())
+    gen = {"max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature}
+    rng = random.Random(opts.seed)
+    for name in [*names, PROBE]:
+        asst.add_user(name)
+
+    started = time.monotonic()
+    events = {n: 0 for n in names}
+    since_round = {n: 0 for n in names}
+    reports: dict[str, list[dict]] = {n: [] for n in names}
+    train_seconds = {n: 0.0 for n in names}
+    asked = 0
+    while any(events[n] < opts.events for n in names):
+        for name in names:
+            if events[name] >= opts.events:
+                continue
+            pref = PREFERENCES[name]
+            prompt = prompts["train"][asked % len(prompts["train"])]
+            asked += 1
+            pair = asst.compare(name, prompt, **gen, seed=rng.randrange(2**31))
+            sample_a, sample_b = (as_sample(r.text, r.ended_by_model) for r in (pair.a, pair.b))
+            winner, thumb_a, thumb_b = clicks(pref, sample_a, sample_b, rng)
+            asst.choose(name, pair.id, winner)
+            asst.rate(name, pair.a.id, thumb_a)
+            asst.rate(name, pair.b.id, thumb_b)
+            events[name] += 3
+            since_round[name] += 3
+            if since_round[name] >= opts.events_per_round or events[name] >= opts.events:
+                since_round[name] = 0
+                t = time.monotonic()
+                report = asst.train(name)
+                train_seconds[name] += time.monotonic() - t
+                reports[name].append(
+                    {
+                        "events": events[name],
+                        "accepted": report.accepted,
+                        "version": report.version,
+                        "reason": report.reason,
+                        **{k: report.metrics.get(k) for k in ROUND_KEYS},
+                    }
+                )
+                print(
+                    f"{name:<14} events {events[name]:>3}  "
+                    f"{'accepted' if report.accepted else 'rejected'} v{report.version}  "
+                    f"{report.metrics.get('seconds', 0):.0f}s  {report.reason}",
+                    flush=True,
+                )
+    feedback_seconds = time.monotonic() - started
+
+    base = rates(evaluate(asst, PROBE, prompts["heldout"], opts.eval_repeats, gen, opts.batch))
+    adapted = {
+        n: rates(evaluate(asst, n, prompts["heldout"], opts.eval_repeats, gen, opts.batch))
+        for n in names
+    }
+    rows = []
+    for n in names:
+        # concise-noisy shares concise's taste: its adapter going concise is not drift
+        others = [o for o in names if o.split("-")[0] != n.split("-")[0]]
+        drift = max((adapted[o][n] - base[n] for o in others), default=0.0)
+        last = reports[n][-1] if reports[n] else {}
+        rows.append(
+            {
+                "user": n,
+                "base_rate": base[n],
+                "adapted_rate": adapted[n][n],
+                "gain": adapted[n][n] - base[n],
+                "max_drift_of_others": drift,
+                "reward_head_accuracy": last.get("heldout_accuracy"),
+                "kl": last.get("kl"),
+                "rounds": len(reports[n]),
+                "accepted": sum(r["accepted"] for r in reports[n]),
+                "train_seconds": round(train_seconds[n], 1),
+            }
+        )
+    print_table(rows)
+    result = {
+        "command": "attune bench personalize " + " ".join(options),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, device {asst.base.device}",
+        "model": args.model,
+        "settings": vars(opts),
+        "held_out_samples_per_model": len(prompts["heldout"]) * opts.eval_repeats,
+        "base_rates": base,
+        "adapted_rates": adapted,
+        "rows": rows,
+        "rounds": reports,
+        "feedback_and_training_seconds": round(feedback_seconds, 1),
+        "median_round_seconds": statistics.median(
+            r["seconds"] for rs in reports.values() for r in rs if r.get("seconds")
+        )
+        if any(reports.values())
+        else None,
+    }
+    out = Path(opts.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    asst.close()
+    return 0
+
+
+ROUND_KEYS = (
+    "heldout_accuracy",
+    "reward_before",
+    "reward_after",
+    "kl",
+    "sft_loss_first",
+    "sft_loss_last",
+    "ppo_eos_share",
+    "ppo_score_mean",
+    "candidate_truncated_share",
+    "seconds",
+    "seconds_reward",
+    "seconds_warm_start",
+    "seconds_ppo",
+    "seconds_gate",
+)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'user':<15}{'base':>7}{'adapted':>9}{'gain':>7}{'drift':>7}{'rm acc':>8}{'KL':>7}{'acc/rounds':>11}{'train s':>9}"
+    print(head)
+    for r in rows:
+        acc = r["reward_head_accuracy"]
+        kl = r["kl"]
+        print(
+            f"{r['user']:<15}{r['base_rate']:>7.2f}{r['adapted_rate']:>9.2f}{r['gain']:>+7.2f}"
+            f"{r['max_drift_of_others']:>+7.2f}{acc if acc is not None else float('nan'):>8.2f}"
+            f"{kl if kl is not None else float('nan'):>7.1f}{r['accepted']:>6}/{r['rounds']:<4}"
+            f"{r['train_seconds']:>9.0f}"
+        )

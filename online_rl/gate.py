@@ -1,0 +1,99 @@
+"""Accept or reject a candidate adapter, with a reason an operator can read.
+
+A candidate goes live only if, on the user's held-out prompts, it beats the live version's mean
+reward, stays within the KL budget to the base, and its replies are not degenerate. The numbers
+come from `online_rl.round`; this module only decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a candidate may go live.
+
+    min_reward_gain: candidate mean reward minus live mean reward must exceed this (in the
+        reward head's normalised units).
+    kl_budget: mean KL(candidate || base) per held-out reply, in nats, summed over tokens.
+    max_empty_share: share of empty replies allowed...
+    max_truncated_share: ...of replies cut off at the token limit ("always truncated")...
+    max_repetition: ...and mean share of repeated word 3-grams; each limit is raised to the
+        live version's own value + `slack`, so a candidate is never rejected for being as
+        degenerate as what users already get, only for being worse.
+    """
+
+    min_reward_gain: float = 0.0
+    kl_budget: float = 40.0
+    max_empty_share: float = 0.2
+    max_truncated_share: float = 0.9
+    max_repetition: float = 0.3
+    slack: float = 0.1
+
+
+@dataclass(frozen=True)
+class TextStats:
+    empty_share: float
+    truncated_share: float
+    repetition: float  # mean over replies of 1 - distinct 3-grams / 3-grams
+
+
+def repetition(text: str, n: int = 3) -> float:
+    """Share of a reply's word n-grams that repeat an earlier one (0 = none repeats)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def text_stats(texts: Sequence[str], finished: Sequence[bool]) -> TextStats:
+    count = max(1, len(texts))
+    return TextStats(
+        empty_share=sum(not t.strip() for t in texts) / count,
+        truncated_share=sum(not f for f in finished) / count,
+        repetition=sum(repetition(t) for t in texts) / count,
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    accept: bool
+    reason: str
+
+
+def decide(
+    candidate_reward: float,
+    live_reward: float,
+    kl: float,
+    candidate: TextStats,
+    live: TextStats,
+    c: GateConfig,
+) -> Decision:
+    """The first failed check is the reason; all passing means accept."""
+    checks = (
+        ("share of empty replies", candidate.empty_share, live.empty_share, c.max_empty_share),
+        (
+            "share of replies cut at the token limit",
+            candidate.truncated_share,
+            live.truncated_share,
+            c.max_truncated_share,
+        ),
+        ("repetition", candidate.repetition, live.repetition, c.max_repetition),
+    )
+    for what, value, live_value, limit in checks:
+        allowed = max(limit, live_value + c.slack)
+        if value > allowed:
+            return Decision(False, f"degenerate: {what} {value:.2f} > {allowed:.2f} allowed")
+    if kl > c.kl_budget:
+        return Decision(False, f"KL to the base {kl:.1f} nats > budget {c.kl_budget:.1f}")
+    gain = candidate_reward - live_reward
+    if gain <= c.min_reward_gain:
+        return Decision(
+            False,
+            f"no reward gain on held-out prompts: {candidate_reward:+.3f} vs live "
+            f"{live_reward:+.3f}",
+        )
+    return Decision(True, f"reward {live_reward:+.3f} -> {candidate_reward:+.3f}, KL {kl:.1f}")

@@ -1,0 +1,253 @@
+"""PPO for one batch of rollouts, written out in the order it runs (after CleanRL's ppo.py).
+
+1. score: the reward head's score lands on each reply's last real token (EOS if sampled);
+   replies cut off without EOS lose `missing_eos_penalty`; scores are normalised and clipped.
+2. KL leash: every response token pays kl_coef * KL(policy || base) (k1 or k3 estimate),
+   with kl_coef steered toward `target_kl` by an adaptive controller (Ziegler et al. 2019).
+3. GAE (gamma, lambda) turns per-token rewards into advantages; advantages are whitened.
+4. a few epochs over minibatches of clipped policy loss + clipped value loss; a minibatch whose
+   mean ratio explodes is skipped; a NaN or inf anywhere aborts the round.
+
+Nothing here knows about users or storage: `online_rl.round` feeds it rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from online_rl.policy import Batch, forward_batch
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Every PPO setting; defaults follow the field notes (TRL / trlx / DeepSpeed-Chat).
+
+    temperature: rollouts are sampled at it (top_p 1) and the loss scores at it, so the
+        sampled and the scored distribution are the same one (no "negative KL").
+    max_new_tokens: rollout reply length; longer replies are cut and penalised.
+    learning_rate, epochs, minibatch_size: the update; 1-2 epochs stay stable at this size.
+    gamma, lam: GAE discount and smoothing.
+    clip_range, value_clip_range: PPO's policy and value clipping.
+    value_coef: weight of the value loss (the value head shares the LoRA backbone).
+    kl_estimator: "k1" (logp - logp_ref) or "k3" ((r - 1) - log r, r = p_ref / p; never < 0).
+    kl_coef: initial per-token KL weight; adaptive_kl moves it toward target_kl (nats per
+        reply) with horizon kl_horizon (in rollouts).
+    reward_clip: normalised scores are clipped to +-reward_clip.
+    missing_eos_penalty: subtracted from the score of a reply cut off at max_new_tokens.
+    max_ratio: skip a minibatch whose mean probability ratio leaves [1/max_ratio, max_ratio].
+    max_grad_norm: gradient clipping.
+    """
+
+    temperature: float = 0.7
+    max_new_tokens: int = 128
+    learning_rate: float = 1e-4
+    epochs: int = 1
+    minibatch_size: int = 8
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    value_clip_range: float = 0.2
+    value_coef: float = 0.1
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_coef: float = 0.05
+    adaptive_kl: bool = True
+    target_kl: float = 6.0
+    kl_horizon: int = 1000
+    reward_clip: float = 5.0
+    missing_eos_penalty: float = 1.0
+    max_ratio: float = 10.0
+    max_grad_norm: float = 1.0
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf reached the loss: the round is aborted and nothing is kept."""
+
+
+@dataclass
+class Rollouts:
+    """What one PPO update consumes: sampled replies and everything computed before it."""
+
+    batch: Batch
+    scores: torch.Tensor  # (B,) reward-head score per reply, before the KL penalty
+    finished: torch.Tensor  # (B,) bool: the reply ended with EOS
+    ref_logprobs: torch.Tensor  # (B, R) the base's log-probs (from the pass that scored them)
+
+
+def adaptive_kl_coef(kl_coef: float, observed_kl: float, n_rollouts: int, c: PPOConfig) -> float:
+    """Ziegler et al.'s proportional controller: move kl_coef so that KL approaches target_kl."""
+    if not c.adaptive_kl:
+        return kl_coef
+    error = max(-0.2, min(0.2, observed_kl / c.target_kl - 1.0))
+    return kl_coef * (1.0 + error * n_rollouts / c.kl_horizon)
+
+
+def kl_per_token(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str
+) -> torch.Tensor:
+    log_ratio = logprobs - ref_logprobs  # log p / p_ref
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    return log_ratio
+
+
+def shaped_scores(scores: torch.Tensor, finished: torch.Tensor, c: PPOConfig) -> torch.Tensor:
+    """Penalise cut-off replies, then clip (scores come in already normalised)."""
+    penalised = scores - c.missing_eos_penalty * (~finished).float()
+    return penalised.clamp(-c.reward_clip, c.reward_clip)
+
+
+def token_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, last: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """-kl_coef * KL on every response token, plus the score on each row's last real token."""
+    rewards = -kl_coef * kl * mask
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the response columns; returns (advantages, returns)."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros(len(rewards), device=rewards.device)
+    width = rewards.shape[1]
+    for t in reversed(range(width)):
+        next_value = values[:, t + 1] if t + 1 < width else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def _check_finite(name: str, x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise NonFiniteLoss(f"{name} is not finite")
+
+
+def ppo_update(
+    policy: Any,
+    value_head: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollouts: Rollouts,
+    kl_coef: float,
+    c: PPOConfig,
+) -> dict[str, float]:
+    """One PPO update on `rollouts`.
+
+    Returns the statistics of the update (means over the minibatches that were not skipped).
+    """
+    batch = rollouts.batch
+    mask = batch.response_mask.float()
+
+    # Before the update: old log-probs and values of the policy that sampled the rollouts.
+    with torch.no_grad():
+        old = forward_batch(policy, batch, c.temperature, value_head)
+    assert old.values is not None
+    kl = kl_per_token(old.logprobs, rollouts.ref_logprobs, c.kl_estimator)
+    scores = shaped_scores(rollouts.scores, rollouts.finished, c)
+    rewards = token_rewards(scores, kl, mask, batch.last_index, kl_coef)
+    advantages, returns = gae(rewards, old.values, mask, c.gamma, c.lam)
+    advantages = whiten(advantages, mask)
+    for name, x in (("reward", rewards), ("advantage", advantages), ("value", old.values)):
+        _check_finite(name, x)
+
+    stats: dict[str, list[float]] = {
+        "policy_loss": [],
+        "value_loss": [],
+        "approx_kl": [],
+        "clip_fraction": [],
+        "ratio": [],
+    }
+    skipped = 0
+    n = len(batch.ids)
+    for _epoch in range(c.epochs):
+        order = torch.randperm(n)
+        for start in range(0, n, c.minibatch_size):
+            rows = order[start : start + c.minibatch_size]
+            m = mask[rows]
+            new = forward_batch(policy, batch.rows(rows), c.temperature, value_head)
+            assert new.values is not None
+            log_ratio = new.logprobs - old.logprobs[rows]
+            ratio = log_ratio.exp()
+            mean_ratio = masked_mean(ratio, m).item()
+            if not 1.0 / c.max_ratio <= mean_ratio <= c.max_ratio:
+                skipped += 1  # the policy moved too far for these samples: skip, as TRL does
+                continue
+
+            adv = advantages[rows]
+            clipped_ratio = ratio.clamp(1 - c.clip_range, 1 + c.clip_range)
+            policy_loss = masked_mean(torch.max(-adv * ratio, -adv * clipped_ratio), m)
+
+            old_values = old.values[rows]
+            clipped_values = old_values + (new.values - old_values).clamp(
+                -c.value_clip_range, c.value_clip_range
+            )
+            value_loss = 0.5 * masked_mean(
+                torch.max((new.values - returns[rows]) ** 2, (clipped_values - returns[rows]) ** 2),
+                m,
+            )
+            loss = policy_loss + c.value_coef * value_loss
+            _check_finite("loss", loss)
+
+            optimizer.zero_grad()
+            loss.backward()
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, c.max_grad_norm)
+            optimizer.step()
+
+            with torch.no_grad():
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["approx_kl"].append(masked_mean((ratio - 1) - log_ratio, m).item())
+                stats["clip_fraction"].append(
+                    masked_mean(((ratio - 1).abs() > c.clip_range).float(), m).item()
+                )
+                stats["ratio"].append(mean_ratio)
+
+    sequence_kl = (kl * mask).sum(-1)
+    out = {k: sum(v) / len(v) if v else float("nan") for k, v in stats.items()}
+    out.update(
+        {
+            "kl": sequence_kl.mean().item(),  # nats per reply, policy vs base, before the update
+            "kl_coef": kl_coef,
+            "score_mean": rollouts.scores.mean().item(),
+            "shaped_score_mean": scores.mean().item(),
+            "eos_share": rollouts.finished.float().mean().item(),
+            "skipped_minibatches": float(skipped),
+            "response_tokens": mask.sum().item(),
+        }
+    )
+    return out
+
+
+def supervised_step(
+    policy: Any, optimizer: torch.optim.Optimizer, batch: Batch, max_grad_norm: float
+) -> float:
+    """One step of next-token cross-entropy on the response tokens (demonstrations)."""
+    mask = batch.response_mask.float()
+    out = forward_batch(policy, batch, temperature=1.0)
+    loss = -masked_mean(out.logprobs, mask)
+    _check_finite("supervised loss", loss)
+    optimizer.zero_grad()
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    return loss.item()

@@ -1,0 +1,138 @@
+"""Background rounds in the serving process (APScheduler 3.x).
+
+A user is queued when they have made `events_per_round` clicks since their last round started;
+a periodic sweep queues anyone with at least one click the event trigger has not covered. Each
+user has one job id (`train-<user id>`), `max_instances=1` and `coalesce=True`, and rounds run
+in a single worker thread: on 2 cores two rounds at once would only slow each other and chat.
+Clicks that arrive while the user's round runs are counted again when it finishes.
+
+`start_for` keeps one scheduler per data folder for the whole process, so Gradio's reload mode
+(which executes the app module again) cannot start a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from storage import records
+
+if TYPE_CHECKING:
+    from assistant.facade import Assistant
+
+log = logging.getLogger(__name__)
+
+SWEEP_JOB = "sweep"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """events_per_round: N new clicks queue a round; sweep_minutes: how often stragglers are
+    queued; workers: rounds that may run at once."""
+
+    events_per_round: int = 8
+    sweep_minutes: float = 10.0
+    workers: int = 1
+
+
+class TrainingScheduler:
+    def __init__(self, assistant: Assistant, config: SchedulerConfig):
+        self.assistant = assistant
+        self.config = config
+        self._state: dict[str, str] = {}  # user id -> "queued" | "running"
+        self._lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(config.workers)},
+            job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None},
+        )
+
+    def start(self) -> None:
+        self.scheduler.add_job(
+            self.sweep, "interval", minutes=self.config.sweep_minutes, id=SWEEP_JOB
+        )
+        self.scheduler.start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=wait)
+
+    def state(self, user_id: str) -> str | None:
+        """ "queued", "running" or None."""
+        with self._lock:
+            return self._state.get(user_id)
+
+    def _new_events(self, user_id: str) -> int:
+        db = self.assistant.store.db
+        last = records.last_training_run(db, user_id)
+        return records.feedback_events_since(db, user_id, last["started"] if last else None)
+
+    def notify(self, user_id: str) -> bool:
+        """Called after each click; queues a round once enough clicks have come in."""
+        if self._new_events(user_id) < self.config.events_per_round:
+            return False
+        return self.queue(user_id)
+
+    def queue(self, user_id: str) -> bool:
+        """Queue a round for the user unless one is queued or running already."""
+        with self._lock:
+            if user_id in self._state:
+                return False
+            self._state[user_id] = "queued"
+        self.scheduler.add_job(
+            self._run,
+            args=[user_id],
+            id=f"train-{user_id}",
+            replace_existing=True,
+            next_run_time=datetime.now().astimezone(),
+        )
+        return True
+
+    def sweep(self) -> None:
+        """Queue everyone with clicks since their last round."""
+        for user_id in records.users_with_feedback_since_last_run(self.assistant.store.db):
+            self.queue(user_id)
+
+    def _run(self, user_id: str) -> None:
+        with self._lock:
+            self._state[user_id] = "running"
+        try:
+            self.assistant.trainer.run(user_id)
+        except Exception:
+            log.exception("user %s: training round failed", user_id)
+        finally:
+            with self._lock:
+                self._state.pop(user_id, None)
+        self.notify(user_id)  # clicks that came in during the round
+
+
+_started: dict[Path, TrainingScheduler] = {}
+_started_lock = threading.Lock()
+
+
+def start_for(assistant: Assistant, config: SchedulerConfig) -> TrainingScheduler:
+    """The one scheduler of this process for the assistant's data folder (started once)."""
+    key = Path(assistant.config.data_dir).resolve()
+    with _started_lock:
+        existing = _started.get(key)
+        if existing is not None and existing.scheduler.running:
+            existing.assistant = assistant
+            return existing
+        scheduler = TrainingScheduler(assistant, config)
+        scheduler.start()
+        _started[key] = scheduler
+        return scheduler
+
+
+def stop_for(assistant: Assistant) -> None:
+    key = Path(assistant.config.data_dir).resolve()
+    with _started_lock:
+        scheduler: Any = _started.pop(key, None)
+    if scheduler is not None:
+        scheduler.shutdown()

@@ -1,0 +1,253 @@
+"""Training rounds on the tiny model: the mechanics, end to end through the facade."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from assistant import Assistant, InvalidInput, NotFound
+from online_rl.gate import GateConfig
+from online_rl.round import RoundConfig, TrainingConfig
+from storage import adapters as adapter_files
+from storage import records
+from tests.conftest import SHORT, row_counts
+
+FAST = RoundConfig(
+    min_feedback=4,
+    iterations=1,
+    rollout_prompts=2,
+    samples_per_prompt=2,
+    sft_steps=3,
+    gate_prompts=2,
+    seed=0,
+)
+OPEN_GATE = GateConfig(min_reward_gain=-1e9, kl_budget=1e9, max_truncated_share=1.0)
+SHUT_GATE = GateConfig(min_reward_gain=1e9)
+
+
+def open_with(tmp_path: Path, tiny_model_dir: Path, gate: GateConfig) -> Assistant:
+    from online_rl.ppo import PPOConfig
+
+    training = TrainingConfig(round=FAST, gate=gate, ppo=PPOConfig(max_new_tokens=8))
+    return Assistant.open(tmp_path / "data", model=str(tiny_model_dir), training=training)
+
+
+def give_feedback(asst: Assistant, user: str, prompts: int = 3) -> None:
+    for i in range(prompts):
+        pair = asst.compare(user, f"tell me about topic {i}", **SHORT)
+        asst.choose(user, pair.id, "a")
+        asst.rate(user, pair.a.id, 1)
+        asst.rate(user, pair.b.id, -1)
+
+
+def lora_b_norm(folder: Path) -> float:
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    return sum(v.norm().item() for k, v in weights.items() if "lora_B" in k)
+
+
+@pytest.fixture
+def accepting(tmp_path: Path, tiny_model_dir: Path):
+    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
+        asst.add_user("alice")
+        yield asst
+
+
+def test_too_little_feedback_skips_the_round_and_records_why(accepting: Assistant) -> None:
+    pair = accepting.compare("alice", "hello", **SHORT)
+    accepting.choose("alice", pair.id, "a")
+    report = accepting.train("alice")
+    assert not report.accepted and report.version is None
+    assert "not enough feedback" in report.reason
+    (run,) = accepting.trends("alice")
+    assert run["outcome"] == "skipped"
+    assert accepting.versions("alice") == []
+
+
+def test_an_accepted_round_changes_weights_goes_live_and_records_metrics(
+    accepting: Assistant,
+) -> None:
+    give_feedback(accepting, "alice")
+    report = accepting.train("alice")
+    assert report.accepted, report.reason
+    assert report.version == 1
+    (version,) = accepting.versions("alice")
+    assert version["status"] == "live"
+    folder = adapter_files.version_dir(accepting.config.adapters_dir, accepting.user("alice").id, 1)
+    adapter_files.verify_version(folder)
+    assert lora_b_norm(folder) > 0  # LoRA B starts at zero: non-zero means it was trained
+    assert (folder / "value_head.pt").is_file() and (folder / "reward_head.pt").is_file()
+    # the supervised warm start lowered its loss on the demonstrations
+    assert report.metrics["sft_loss_last"] < report.metrics["sft_loss_first"]
+    for key in (
+        "reward_before",
+        "reward_after",
+        "kl",
+        "value_loss",
+        "policy_loss",
+        "heldout_accuracy",
+        "feedback_events",
+        "seconds",
+    ):
+        assert key in report.metrics, key
+    (run,) = accepting.trends("alice")
+    assert run["outcome"] == "accepted" and run["version"] == 1
+    assert run["reward_after"] == pytest.approx(report.reward_after)
+    # the next reply runs on the new version
+    assert accepting.chat("alice", "and now?", **SHORT).adapter_version == 1
+
+
+def test_a_second_round_starts_from_the_live_version_and_retires_it(
+    accepting: Assistant,
+) -> None:
+    give_feedback(accepting, "alice")
+    assert accepting.train("alice").accepted
+    give_feedback(accepting, "alice", prompts=2)
+    report = accepting.train("alice")
+    assert report.accepted and report.version == 2
+    statuses = {v["version"]: (v["status"], v["parent"]) for v in accepting.versions("alice")}
+    assert statuses == {1: ("retired", None), 2: ("live", 1)}
+
+
+def test_a_rejected_candidate_is_stored_with_its_reason_and_never_goes_live(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with open_with(tmp_path, tiny_model_dir, SHUT_GATE) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        report = asst.train("alice")
+        assert not report.accepted and report.version == 1
+        assert "no reward gain" in report.reason
+        (version,) = asst.versions("alice")
+        assert version["status"] == "rejected" and "no reward gain" in version["reason"]
+        assert asst.chat("alice", "still base?", **SHORT).adapter_version == 0
+        assert asst.trends("alice")[0]["outcome"] == "rejected"
+
+
+def test_nan_in_the_reward_rejects_the_round_and_changes_nothing(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    give_feedback(accepting, "alice")
+    from online_rl import reward
+
+    monkeypatch.setattr(
+        reward.UserReward, "score", lambda self, x: torch.full((len(x),), float("nan"))
+    )
+    before = row_counts(accepting)
+    report = accepting.train("alice")
+    assert not report.accepted and "not finite" in report.reason
+    after = row_counts(accepting)
+    assert after["adapter_versions"] == before["adapter_versions"]
+    assert accepting.trends("alice")[-1]["outcome"] == "rejected"
+    assert not (accepting.config.adapters_dir / accepting.user("alice").id).exists()
+
+
+def test_a_crash_while_writing_the_version_leaves_the_live_one_serving(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    give_feedback(accepting, "alice")
+    assert accepting.train("alice").accepted
+    give_feedback(accepting, "alice", prompts=2)
+
+    def crash_midway(folder: Path) -> None:
+        (folder / "adapter_model.safetensors").write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(accepting.trainer.policy, "save", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        accepting.train("alice")
+    assert [v["version"] for v in accepting.versions("alice")] == [1]
+    assert accepting.trends("alice")[-1]["outcome"] == "failed"
+    user_dir = accepting.config.adapters_dir / accepting.user("alice").id
+    assert sorted(p.name for p in user_dir.iterdir()) == ["v00001"]
+    assert accepting.chat("alice", "still there?", **SHORT).adapter_version == 1
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_failed_on_open(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
+        user_id = asst.add_user("alice").id
+        records.start_training_run(asst.store.db, user_id)
+    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
+        (run,) = asst.trends("alice")
+        assert run["outcome"] == "failed"
+
+
+def test_rollback_to_an_earlier_version_and_to_the_base(accepting: Assistant) -> None:
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    give_feedback(accepting, "alice", prompts=2)
+    accepting.train("alice")
+    accepting.rollback("alice", 1)
+    statuses = {v["version"]: v["status"] for v in accepting.versions("alice")}
+    assert statuses == {1: "live", 2: "rolled_back"}
+    assert accepting.chat("alice", "which one?", **SHORT).adapter_version == 1
+    accepting.rollback("alice", 2)  # forward again: it was live once
+    accepting.rollback("alice", 0)
+    assert accepting.chat("alice", "base now?", **SHORT).adapter_version == 0
+    assert {v["status"] for v in accepting.versions("alice")} == {"rolled_back"}
+
+
+def test_rollback_refuses_bad_targets_and_changes_nothing(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with open_with(tmp_path, tiny_model_dir, SHUT_GATE) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        asst.train("alice")  # rejected: version 1
+        before = asst.versions("alice")
+        with pytest.raises(InvalidInput, match="rejected"):
+            asst.rollback("alice", 1)
+        with pytest.raises(NotFound):
+            asst.rollback("alice", 7)
+        with pytest.raises(InvalidInput):
+            asst.rollback("alice", "1")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="live already"):
+            asst.rollback("alice", 0)
+        assert asst.versions("alice") == before
+
+
+def test_rollback_refuses_a_damaged_version(accepting: Assistant) -> None:
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    give_feedback(accepting, "alice", prompts=2)
+    accepting.train("alice")
+    folder = adapter_files.version_dir(accepting.config.adapters_dir, accepting.user("alice").id, 1)
+    (folder / "adapter_model.safetensors").write_bytes(b"bit rot")
+    with pytest.raises(InvalidInput, match="damaged"):
+        accepting.rollback("alice", 1)
+    assert accepting.chat("alice", "fine?", **SHORT).adapter_version == 2
+
+
+def test_features_are_computed_once_per_reply_and_cached(accepting: Assistant) -> None:
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    db = sqlite3.connect(accepting.config.db_path)
+    (cached,) = db.execute("select count(*) from features").fetchone()
+    assert cached == 6  # two answers for each of three A/B prompts
+    accepting.train("alice")
+    assert db.execute("select count(*) from features").fetchone()[0] == cached
+
+
+def test_other_users_adapters_are_untouched_by_a_round(accepting: Assistant) -> None:
+    accepting.add_user("bob")
+    give_feedback(accepting, "bob")
+    accepting.train("bob")
+    bob_dir = accepting.config.adapters_dir / accepting.user("bob").id
+    before = {p: p.read_bytes() for p in bob_dir.rglob("*") if p.is_file()}
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    assert {p: p.read_bytes() for p in bob_dir.rglob("*") if p.is_file()} == before
+    assert accepting.chat("bob", "mine?", **SHORT).adapter_version == 1
+
+
+def test_trends_carry_the_reason_of_every_run(accepting: Assistant) -> None:
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    run = records.list_training_runs(accepting.store.db, accepting.user("alice").id)[0]
+    assert run["reason"] and json.loads(run["metrics"])["feedback_events"] == 9
