@@ -16,6 +16,7 @@ from assistant.facade import Assistant, Delta, Reply
 
 EXIT_ERROR = 1
 EXIT_NOT_YET = 3
+EXIT_NOT_ACCEPTED = 4  # `attune train`: the round ran, the candidate did not go live
 
 CHAT_HELP = """Type a message and press Enter. Commands:
   /up [reason]    thumbs up on the last reply      /down [reason]  thumbs down
@@ -128,6 +129,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """One round now, in this process; prints the report."""
+    report = _assistant(args).train(args.user)
+    verdict = "accepted" if report.accepted else "not accepted"
+    version = f"v{report.version}" if report.version is not None else "no candidate"
+    print(f"{verdict}: {version}: {report.reason}")
+    for key in ("reward_before", "reward_after", "kl", "heldout_accuracy", "seconds"):
+        value = report.metrics.get(key)
+        if value is not None:
+            print(f"  {key:<18}{value:.3f}" if isinstance(value, float) else f"  {key:<18}{value}")
+    return 0 if report.accepted else EXIT_NOT_ACCEPTED
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    for v in _assistant(args).versions(args.user):
+        print(f"v{v['version']:<4} {v['status']:<12} {v['created'][:19]}  {v['reason'] or ''}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    _assistant(args).rollback(args.user, args.version)
+    where = f"v{args.version}" if args.version else "the base model"
+    print(f"user {args.user} now answers with {where}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench import BENCHMARKS
 
@@ -214,10 +241,13 @@ def parser() -> argparse.ArgumentParser:
     user_delete.add_argument("name")
     user_delete.set_defaults(run=cmd_user_delete)
 
-    train = add(
-        "train", not_yet("training (the online RL issue)"), "run one training round for a user now"
-    )
+    train = add("train", cmd_train, "run one training round for a user now and print the report")
     train.add_argument("--user", required=True)
+    versions = add("versions", cmd_versions, "list a user's adapter versions")
+    versions.add_argument("--user", required=True)
+    rollback = add("rollback", cmd_rollback, "make an earlier adapter version live again")
+    rollback.add_argument("--user", required=True)
+    rollback.add_argument("--version", type=int, required=True, help="0 = the bare base model")
 
     export = add("export", cmd_export, "write feedback as JSONL for TRL's trainers")
     export.add_argument("--user", default=None, help="only this user's feedback")

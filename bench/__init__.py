@@ -4,7 +4,12 @@
 README shows the latest results and the command.
 """
 
+from bench.chat_during_training import run as chat_during_training
 from bench.personalize import run as personalize
 from bench.quantize import run as quantize
 
-BENCHMARKS = {"quantize": quantize, "personalize": personalize}
+BENCHMARKS = {
+    "quantize": quantize,
+    "personalize": personalize,
+    "chat-during-training": chat_during_training,
+}

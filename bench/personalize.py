@@ -256,8 +256,10 @@ ROUND_KEYS = (
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'user':<15}{'base':>7}{'adapted':>9}{'gain':>7}{'drift':>7}{'rm acc':>8}{'KL':>7}{'acc/rounds':>11}{'train s':>9}"
-    print(head)
+    print(
+        f"{'user':<15}{'base':>7}{'adapted':>9}{'gain':>7}{'drift':>7}{'rm acc':>8}{'KL':>7}"
+        f"{'acc/rounds':>11}{'train s':>9}"
+    )
     for r in rows:
         acc = r["reward_head_accuracy"]
         kl = r["kl"]

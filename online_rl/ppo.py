@@ -43,7 +43,7 @@ class PPOConfig:
     """
 
     temperature: float = 0.7
-    max_new_tokens: int = 128
+    max_new_tokens: int = 96
     learning_rate: float = 1e-4
     epochs: int = 1
     minibatch_size: int = 8

@@ -36,6 +36,7 @@ from online_rl.ppo import (
     Rollouts,
     adaptive_kl_coef,
     ppo_update,
+    shaped_scores,
     supervised_step,
 )
 from storage import adapters as adapter_files
@@ -63,7 +64,9 @@ class RoundConfig:
     iterations: PPO iterations at most (each: rollouts, one PPO update, distillation).
     rollout_prompts, samples_per_prompt: rollouts per iteration = their product.
     distill_steps: supervised steps on the best sample of each prompt, per iteration.
-    gate_prompts, gate_samples: held-out replies per model at the gate.
+    ppo: run the PPO update on the rollouts (off: best-of-n distillation alone; for ablations).
+    gate_replies: held-out replies per model at the gate (cycling through the held-out
+        prompts; candidate and live use the same seeds, so their difference is less noisy).
     seed: fixes the round's sampling (None: a fresh seed each round).
     """
 
@@ -77,9 +80,9 @@ class RoundConfig:
     iterations: int = 2
     rollout_prompts: int = 4
     samples_per_prompt: int = 4
-    distill_steps: int = 1
-    gate_prompts: int = 8
-    gate_samples: int = 1
+    distill_steps: int = 2
+    ppo: bool = True
+    gate_replies: int = 12
     seed: int | None = None
 
 
@@ -314,9 +317,11 @@ class Trainer:
         seconds: dict[str, float] = {}
         clock = time.monotonic()
 
-        def lap(name: str) -> None:
+        def lap(name: str, add: bool = False) -> None:
+            """Charge the time since the last lap to `name` (summed over iterations if add)."""
             nonlocal clock
-            seconds[name] = round(time.monotonic() - clock, 2)
+            spent = time.monotonic() - clock
+            seconds[name] = round(seconds.get(name, 0.0) * add + spent, 2)
             clock = time.monotonic()
 
         # 1. reward heads ---------------------------------------------------------------------
@@ -396,20 +401,28 @@ class Trainer:
             prompts = [p for p in picked for _ in range(rc.samples_per_prompt)]
             seeds = [rng.randrange(2**31) for _ in prompts]
             replies_ids, finished = self._sample(prompts, [TRAINABLE] * len(prompts), seeds)
+            lap("rollouts", add=True)
             batch, ref = self._base_pass(prompts, replies_ids)
             scores = normalised(ref.features.cpu())
-            rollouts = Rollouts(batch, scores, torch.tensor(finished), ref.logprobs)
-            stats = ppo_update(
-                policy.peft, policy.value_head, ppo_optimizer, rollouts, kl_coef, cfg.ppo
-            )
-            ppo_stats.append(stats)
-            kl_coef = adaptive_kl_coef(kl_coef, stats["kl"], len(prompts), cfg.ppo)
+            ended = torch.tensor(finished)
+            if rc.ppo:
+                rollouts = Rollouts(batch, scores, ended, ref.logprobs)
+                stats = ppo_update(
+                    policy.peft, policy.value_head, ppo_optimizer, rollouts, kl_coef, cfg.ppo
+                )
+                ppo_stats.append(stats)
+                kl_coef = adaptive_kl_coef(kl_coef, stats["kl"], len(prompts), cfg.ppo)
+            lap("ppo", add=True)
 
+            # best-of-n: the reward head (with the cut-off penalty) picks each prompt's best
+            ranked = shaped_scores(scores, ended, cfg.ppo)
             best = []
             for group in range(rc.rollout_prompts):
-                rows = range(group * rc.samples_per_prompt, (group + 1) * rc.samples_per_prompt)
-                top = max(rows, key=lambda r: scores[r].item())
-                if scores[top] > scores[list(rows)].mean() and finished[top]:
+                rows = list(
+                    range(group * rc.samples_per_prompt, (group + 1) * rc.samples_per_prompt)
+                )
+                top = max(rows, key=lambda r: ranked[r].item())
+                if ranked[top] > ranked[rows].mean():
                     best.append(Example(prompts[top], replies_ids[top]))
             for _ in range(rc.distill_steps if best else 0):
                 batch = make_batch(
@@ -418,12 +431,10 @@ class Trainer:
                 distill_losses.append(
                     supervised_step(policy.peft, sft_optimizer, batch, cfg.ppo.max_grad_norm)
                 )
-        lap("ppo")
+            lap("distill", add=True)
 
         # 4. the gate: candidate vs live on held-out prompts ------------------------------------
-        gate_prompts = [
-            p for p in heldout_prompts[: rc.gate_prompts] for _ in range(rc.gate_samples)
-        ]
+        gate_prompts = [heldout_prompts[i % len(heldout_prompts)] for i in range(rc.gate_replies)]
         n = len(gate_prompts)
         seeds = [rng.randrange(2**31) for _ in gate_prompts]
         replies_ids, finished = self._sample(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.cli import EXIT_NOT_YET, main, parser
+from assistant.cli import EXIT_ERROR, EXIT_NOT_ACCEPTED, EXIT_NOT_YET, main, parser
 
 SUBCOMMANDS = [
     ["serve"],
@@ -18,6 +18,8 @@ SUBCOMMANDS = [
     ["user", "list"],
     ["user", "delete"],
     ["train"],
+    ["versions"],
+    ["rollback"],
     ["export"],
     ["bench"],
     ["provision"],
@@ -62,9 +64,35 @@ def test_not_yet_landed_commands_say_so(tmp_path: Path, capsys: pytest.CaptureFi
     data = ["--data-dir", str(tmp_path)]
     main(["user", "add", "eve", *data])
     assert main(["serve", *data]) == EXIT_NOT_YET
-    assert main(["train", "--user", "eve", *data]) == EXIT_NOT_YET
     assert main(["bench", "no-such-bench", *data]) == EXIT_NOT_YET
-    assert capsys.readouterr().err.count("not") >= 3
+    assert capsys.readouterr().err.count("not") >= 2
+
+
+def test_train_versions_and_rollback_commands(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from assistant import Assistant
+    from tests.test_training import give_feedback
+
+    data = ["--data-dir", str(tmp_path), "--model", str(tiny_model_dir)]
+    main(["user", "add", "ida", *data])
+    assert main(["train", "--user", "ida", *data]) == EXIT_NOT_ACCEPTED
+    assert "not enough feedback" in capsys.readouterr().out
+    with Assistant.open(tmp_path, model=str(tiny_model_dir)) as asst:
+        give_feedback(asst, "ida")
+    code = main(["train", "--user", "ida", *data])
+    out = capsys.readouterr().out
+    assert code in (0, EXIT_NOT_ACCEPTED) and "v1" in out and "reward_after" in out
+    assert main(["versions", "--user", "ida", *data]) == 0
+    assert "v1" in capsys.readouterr().out
+    if code == 0:  # accepted: v1 is live and the base can come back
+        assert main(["rollback", "--user", "ida", "--version", "0", *data]) == 0
+        assert "the base model" in capsys.readouterr().out
+    else:  # rejected: the base is still live
+        assert main(["rollback", "--user", "ida", "--version", "0", *data]) == EXIT_ERROR
+        assert "live already" in capsys.readouterr().err
+    assert main(["rollback", "--user", "ida", "--version", "9", *data]) == EXIT_ERROR
+    assert "no adapter version 9" in capsys.readouterr().err
 
 
 def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,7 @@ FAST = RoundConfig(
     rollout_prompts=2,
     samples_per_prompt=2,
     sft_steps=3,
-    gate_prompts=2,
+    gate_replies=2,
     seed=0,
 )
 OPEN_GATE = GateConfig(min_reward_gain=-1e9, kl_budget=1e9, max_truncated_share=1.0)

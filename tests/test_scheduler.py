@@ -1,0 +1,95 @@
+"""The background scheduler: clicks queue rounds, one per user at a time, started once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from assistant import Assistant
+from online_rl import scheduler as training_scheduler
+from online_rl.round import TrainingConfig
+from online_rl.scheduler import SchedulerConfig
+from tests.conftest import SHORT
+from tests.test_training import FAST, OPEN_GATE, give_feedback
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def background(tmp_path: Path, tiny_model_dir: Path):
+    from online_rl.ppo import PPOConfig
+
+    asst = Assistant.open(
+        tmp_path / "data",
+        model=str(tiny_model_dir),
+        background=True,
+        training=TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8)),
+        scheduler=SchedulerConfig(events_per_round=6, sweep_minutes=60),
+    )
+    asst.add_user("alice")
+    yield asst
+    asst.close()
+
+
+def test_enough_clicks_start_a_round_in_the_background(background: Assistant) -> None:
+    pair = background.compare("alice", "first", **SHORT)
+    background.choose("alice", pair.id, "a")
+    assert background.trends("alice") == []  # one click is not enough
+    give_feedback(background, "alice", prompts=2)  # six more clicks
+    wait_for(lambda: [r["outcome"] for r in background.trends("alice")] == ["accepted"])
+    wait_for(lambda: background.training_state("alice") is None)
+    assert background.chat("alice", "and now?", **SHORT).adapter_version == 1
+
+
+def test_a_user_is_queued_once_while_queued_or_running(
+    background: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    calls = []
+
+    def slow_round(user_id: str) -> None:
+        calls.append(user_id)
+        started.set()
+        release.wait(10)
+
+    monkeypatch.setattr(background.trainer, "run", slow_round)
+    user_id = background.user("alice").id
+    scheduler = background.scheduler
+    assert scheduler is not None
+    assert scheduler.queue(user_id)
+    started.wait(10)
+    assert background.training_state("alice") == "running"
+    assert not scheduler.queue(user_id)  # already running: not queued twice
+    release.set()
+    wait_for(lambda: background.training_state("alice") is None)
+    assert calls == [user_id]
+
+
+def test_the_sweep_queues_users_with_clicks_since_their_last_round(
+    background: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    background.add_user("bob")
+    ran: list[str] = []
+    monkeypatch.setattr(background.trainer, "run", ran.append)
+    pair = background.compare("bob", "one click only", **SHORT)
+    background.choose("bob", pair.id, "b")
+    assert background.scheduler is not None
+    background.scheduler.sweep()
+    wait_for(lambda: ran == [background.user("bob").id])
+
+
+def test_one_scheduler_per_data_folder_even_when_opened_twice(background: Assistant) -> None:
+    again = training_scheduler.start_for(background, SchedulerConfig())
+    assert again is background.scheduler
+    jobs = [j.id for j in again.scheduler.get_jobs()]
+    assert jobs.count(training_scheduler.SWEEP_JOB) == 1
