@@ -81,6 +81,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     user = asst.user(args.user).name
     print(f"attune: loading the model for {user} ...", flush=True)
     _ = asst.base
+    if args.training:
+        asst.start_background()  # rounds run in the background as you rate replies
     print(CHAT_HELP)
     conversation, last = args.conversation, None
     gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
@@ -89,12 +91,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
             line = input("\nyou> ").strip()
         except (EOFError, KeyboardInterrupt):
             print()
+            asst.close()
             return 0
         if not line:
             continue
         command, _, rest = line.partition(" ")
         try:
             if command == "/quit":
+                asst.close()
                 return 0
             if command == "/new":
                 conversation, last = None, None
@@ -220,6 +224,12 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--conversation", default=None, help="continue this conversation id")
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument(
+        "--no-training",
+        dest="training",
+        action="store_false",
+        help="do not learn from your ratings in the background",
+    )
 
     user = sub.add_parser("user", help="manage accounts", description="manage accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)

@@ -25,10 +25,18 @@ import torch
 
 from assistant import Assistant
 from assistant.generation import Sample
+from online_rl.round import RoundConfig, TrainingConfig
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = Path(__file__).parent / "data" / "prompts.json"
 PROBE = "bench-probe"  # a user who never clicks: answers with the bare base
+# Which parts of a round run: the ablations say what each part contributes.
+RECIPES = {
+    "full": {},
+    "ppo-only": {"sft_steps": 0, "distill_steps": 0},
+    "no-ppo": {"ppo": False},
+    "warm-start-only": {"iterations": 0},
+}
 
 
 def words(text: str) -> int:
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=list(RECIPES), default="full")
     parser.add_argument("--out", default=str(RESULTS / "personalize.json"))
     opts = parser.parse_args(options)
     names = opts.users.split(",")
@@ -133,8 +142,14 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
 
         shutil.rmtree(data)
     cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
+    training = TrainingConfig(round=replace(RoundConfig(), **RECIPES[opts.recipe]))
     asst = Assistant.open(
-        data, model=args.model, quantize=args.quantize, device=args.device, model_cache=cache
+        data,
+        model=args.model,
+        quantize=args.quantize,
+        device=args.device,
+        model_cache=cache,
+        training=training,
     )
     prompts = json.loads(PROMPTS.read_text())
     gen = {"max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature}

@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -71,13 +71,13 @@ class RoundConfig:
     """
 
     min_feedback: int = 4
-    max_seconds: float = 30.0
+    max_seconds: float = 40.0
     prompt_pool: int = 64
     heldout_share: float = 0.25
     sft_steps: int = 4
     sft_batch: int = 8
     sft_learning_rate: float = 3e-4
-    iterations: int = 2
+    iterations: int = 1
     rollout_prompts: int = 4
     samples_per_prompt: int = 4
     distill_steps: int = 2
@@ -297,15 +297,7 @@ class Trainer:
                 db, run["id"], outcome, report.version, report.reason, metrics
             )
             log.info("user %s: round %s (%s)", user_id, outcome, report.reason)
-            return TrainReport(
-                report.accepted,
-                report.version,
-                report.reward_before,
-                report.reward_after,
-                report.kl,
-                report.reason,
-                metrics,
-            )
+            return replace(report, metrics=metrics)
 
     def _round(self, user_id: str, started: float) -> TrainReport:
         cfg = self.config
@@ -367,7 +359,7 @@ class Trainer:
         kl_coef = cfg.ppo.kl_coef
         if live_path is not None and same_shape:
             kl_coef = records.version_metrics(db, user_id, live_version).get("kl_coef", kl_coef)
-        lora_params = [p for p in policy.trainable_parameters()]
+        lora_params = policy.trainable_parameters()
         sft_optimizer = torch.optim.AdamW(lora_params, lr=rc.sft_learning_rate, weight_decay=0.0)
         ppo_optimizer = torch.optim.AdamW(
             lora_params + list(policy.value_head.parameters()),
@@ -378,11 +370,8 @@ class Trainer:
         pad = base.tokenizer.pad_token_id
         examples = [self._example(m) for m in demos]
         sft_losses = []
-        for step in range(rc.sft_steps if examples else 0):
-            chosen = [
-                examples[(step * rc.sft_batch + i) % len(examples)] for i in range(rc.sft_batch)
-            ]
-            chosen = chosen[: len(examples)] if len(examples) < rc.sft_batch else chosen
+        for _step in range(rc.sft_steps if examples else 0):
+            chosen = rng.sample(examples, min(len(examples), rc.sft_batch))
             batch = make_batch(
                 [e.prompt for e in chosen], [e.reply for e in chosen], pad, base.device
             )

@@ -251,3 +251,62 @@ def test_trends_carry_the_reason_of_every_run(accepting: Assistant) -> None:
     accepting.train("alice")
     run = records.list_training_runs(accepting.store.db, accepting.user("alice").id)[0]
     assert run["reason"] and json.loads(run["metrics"])["feedback_events"] == 9
+
+
+KILLED_MID_WRITE = """
+import sys, time
+from pathlib import Path
+from assistant import Assistant
+from online_rl.ppo import PPOConfig
+from online_rl.round import TrainingConfig
+from tests.test_training import FAST, OPEN_GATE
+
+asst = Assistant.open(sys.argv[1], model=sys.argv[2], training=TrainingConfig(
+    round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8)))
+policy = asst.trainer.policy
+real_save = policy.save
+
+def save_then_hang(folder: Path) -> None:
+    real_save(folder)
+    print("WRITING", folder, flush=True)
+    time.sleep(60)  # the parent kills us here: the version folder is half done
+
+policy.save = save_then_hang
+asst.train("alice")
+"""
+
+
+def test_sigkill_during_the_adapter_write_leaves_the_live_version_serving(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        assert asst.train("alice").accepted
+        give_feedback(asst, "alice", prompts=2)
+    root = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "data"), str(tiny_model_dir)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()  # blocks until the child is inside the write
+    assert line.startswith("WRITING"), line
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    user_dir = next((tmp_path / "data" / "adapters").iterdir())
+    assert any(p.name.startswith(".tmp-") for p in user_dir.iterdir())  # the half-done folder
+    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
+        assert [p.name for p in user_dir.iterdir()] == ["v00001"]  # swept on open
+        assert [v["status"] for v in asst.versions("alice")] == ["live"]
+        assert asst.trends("alice")[-1]["outcome"] == "failed"
+        assert asst.chat("alice", "alive?", **SHORT).adapter_version == 1
+        assert asst.train("alice").version == 2  # the next round carries on
