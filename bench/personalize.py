@@ -211,6 +211,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         others = [o for o in names if o.split("-")[0] != n.split("-")[0]]
         drift = max((adapted[o][n] - base[n] for o in others), default=0.0)
         last = reports[n][-1] if reports[n] else {}
+        live = [r for r in reports[n] if r["accepted"]]  # the live adapter's own round
         rows.append(
             {
                 "user": n,
@@ -219,13 +220,14 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 "gain": adapted[n][n] - base[n],
                 "max_drift_of_others": drift,
                 "reward_head_accuracy": last.get("heldout_accuracy"),
-                "kl": last.get("kl"),
+                "kl": live[-1]["kl"] if live else 0.0,
                 "rounds": len(reports[n]),
                 "accepted": sum(r["accepted"] for r in reports[n]),
                 "train_seconds": round(train_seconds[n], 1),
             }
         )
     print_table(rows)
+    print(markdown_table(rows))
     result = {
         "command": "attune bench personalize " + " ".join(options),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
@@ -268,6 +270,25 @@ ROUND_KEYS = (
     "seconds_ppo",
     "seconds_gate",
 )
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table, straight from the result rows."""
+    lines = [
+        "| user | base rate | adapted rate | gain | max drift of other users' adapters "
+        "| reward-head accuracy | KL (nats/reply) | accepted / rounds | training s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        acc = r["reward_head_accuracy"]
+        kl = r["kl"]
+        lines.append(
+            f"| {r['user']} | {r['base_rate']:.2f} | {r['adapted_rate']:.2f} | {r['gain']:+.2f} "
+            f"| {r['max_drift_of_others']:+.2f} | {'-' if acc is None else f'{acc:.2f}'} "
+            f"| {'-' if kl is None else f'{kl:.1f}'} | {r['accepted']} / {r['rounds']} "
+            f"| {r['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -28,9 +28,9 @@ class GateConfig:
     min_reward_gain: float = 0.0
     kl_budget: float = 40.0
     max_empty_share: float = 0.2
-    max_truncated_share: float = 0.9
+    max_truncated_share: float = 0.95
     max_repetition: float = 0.3
-    slack: float = 0.1
+    slack: float = 0.15
 
 
 @dataclass(frozen=True)

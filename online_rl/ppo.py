@@ -235,19 +235,3 @@ def ppo_update(
         }
     )
     return out
-
-
-def supervised_step(
-    policy: Any, optimizer: torch.optim.Optimizer, batch: Batch, max_grad_norm: float
-) -> float:
-    """One step of next-token cross-entropy on the response tokens (demonstrations)."""
-    mask = batch.response_mask.float()
-    out = forward_batch(policy, batch, temperature=1.0)
-    loss = -masked_mean(out.logprobs, mask)
-    _check_finite("supervised loss", loss)
-    optimizer.zero_grad()
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    return loss.item()

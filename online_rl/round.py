@@ -29,7 +29,14 @@ import torch
 from assistant import generation
 from assistant.config import GenerationConfig
 from online_rl import gate, reward
-from online_rl.policy import TRAINABLE, LoraSettings, TrainablePolicy, forward_batch, make_batch
+from online_rl.policy import (
+    TRAINABLE,
+    Batch,
+    LoraSettings,
+    TrainablePolicy,
+    forward_batch,
+    make_batch,
+)
 from online_rl.ppo import (
     NonFiniteLoss,
     PPOConfig,
@@ -37,8 +44,8 @@ from online_rl.ppo import (
     adaptive_kl_coef,
     ppo_update,
     shaped_scores,
-    supervised_step,
 )
+from online_rl.warm_start import preference_step, sequence_logprob, supervised_step
 from storage import adapters as adapter_files
 from storage import records
 from storage.db import writing
@@ -61,6 +68,8 @@ class RoundConfig:
     prompt_pool: how many of the user's most recent prompts rollouts draw from.
     heldout_share: share of those prompts kept for the gate only.
     sft_steps, sft_batch, sft_learning_rate: the warm start on demonstrations.
+    preference_steps, preference_batch, preference_beta, preference_pairs: the DPO warm start
+        on the user's most recent `preference_pairs` A/B choices (same learning rate).
     iterations: PPO iterations at most (each: rollouts, one PPO update, distillation).
     rollout_prompts, samples_per_prompt: rollouts per iteration = their product.
     distill_steps: supervised steps on the best sample of each prompt, per iteration.
@@ -74,15 +83,19 @@ class RoundConfig:
     max_seconds: float = 40.0
     prompt_pool: int = 64
     heldout_share: float = 0.25
-    sft_steps: int = 4
+    sft_steps: int = 2
     sft_batch: int = 8
     sft_learning_rate: float = 3e-4
+    preference_steps: int = 3
+    preference_batch: int = 6
+    preference_beta: float = 0.1
+    preference_pairs: int = 24
     iterations: int = 1
-    rollout_prompts: int = 4
+    rollout_prompts: int = 2
     samples_per_prompt: int = 4
-    distill_steps: int = 2
+    distill_steps: int = 1
     ppo: bool = True
-    gate_replies: int = 12
+    gate_replies: int = 10
     seed: int | None = None
 
 
@@ -108,6 +121,14 @@ class TrainReport:
     kl: float | None
     reason: str
     metrics: dict[str, Any]
+
+
+@dataclass
+class UserFeedback:
+    replies: list[records.Row]  # every reply that was clicked on
+    feedback: reward.Feedback  # the clicks, as indices into `replies`
+    demonstrations: list[records.Row]  # liked replies and A/B winners not thumbed down
+    preferences: list[tuple[records.Row, records.Row]]  # (winner, loser) of decided A/B pairs
 
 
 @dataclass
@@ -182,10 +203,8 @@ class Trainer:
             [torch.frombuffer(bytearray(cached[m["id"]]), dtype=torch.float32) for m in messages]
         )
 
-    def _feedback(
-        self, user_id: str | None
-    ) -> tuple[list[records.Row], reward.Feedback, list[records.Row]]:
-        """(replies, clicks as indices into them, winning replies) of one user or everyone."""
+    def _feedback(self, user_id: str | None) -> UserFeedback:
+        """One user's (or everyone's) clicks, in the shapes the round needs."""
         db = self.assistant.store.db
         rated = records.rated_replies(db, user_id)
         pairs = records.decided_pairs(db, user_id)
@@ -213,7 +232,14 @@ class Trainer:
         ]
         liked = [r for r in rated if r["thumb"] > 0]
         demos = {m["id"]: m for m in liked + winners if m["id"] not in thumbed_down}
-        return list(replies.values()), feedback, list(demos.values())
+        preferences = [
+            (replies[p["answer_a_id"]], replies[p["answer_b_id"]])
+            if p["winner"] == "a"
+            else (replies[p["answer_b_id"]], replies[p["answer_a_id"]])
+            for p in pairs
+            if p["winner"] in ("a", "b")
+        ]
+        return UserFeedback(list(replies.values()), feedback, list(demos.values()), preferences)
 
     def _prompts(self, user_id: str) -> tuple[list[list[int]], list[list[int]]]:
         """(rollout prompts, held-out prompts) from the user's recent messages, deduplicated."""
@@ -259,6 +285,25 @@ class Trainer:
         eos = base.tokenizer.eos_token_id
         replies = [list(r) + [eos] if e else list(r) for r, e in zip(rows, ended, strict=True)]
         return [r if r else [eos] for r in replies], list(ended)
+
+    def _batch(self, examples: list[Example]) -> Batch:
+        base = self.assistant.base
+        return make_batch(
+            [e.prompt for e in examples],
+            [e.reply for e in examples],
+            base.tokenizer.pad_token_id,
+            base.device,
+        )
+
+    def _sequence_logprobs(self, examples: list[Example]) -> torch.Tensor:
+        """Summed reply log-probs, a few rows at a time (no gradient: call under no_grad)."""
+        step = self.config.round.preference_batch
+        return torch.cat(
+            [
+                sequence_logprob(self.policy.peft, self._batch(examples[i : i + step]))
+                for i in range(0, len(examples), step)
+            ]
+        )
 
     def _base_pass(self, prompts: list[list[int]], replies: list[list[int]]):
         """Reference log-probs and reward features: one pass of the base (adapters off)."""
@@ -317,12 +362,14 @@ class Trainer:
             clock = time.monotonic()
 
         # 1. reward heads ---------------------------------------------------------------------
-        replies, feedback, demos = self._feedback(user_id)
+        mine = self._feedback(user_id)
+        replies, feedback, demos = mine.replies, mine.feedback, mine.demonstrations
         counts = {
             "feedback_events": len(feedback),
             "thumbs": len(feedback.thumbs),
             "pairs": len(feedback.pairs),
             "demonstrations": len(demos),
+            "preferences": len(mine.preferences),
         }
         if len(feedback) < rc.min_feedback:
             return TrainReport(
@@ -334,9 +381,9 @@ class Trainer:
                 f"not enough feedback yet: {len(feedback)} of {rc.min_feedback} clicks",
                 counts,
             )
-        all_replies, all_feedback, _ = self._feedback(None)
+        everyone = self._feedback(None)
         standardizer, population = reward.fit_population(
-            self._features(all_replies), all_feedback, cfg.reward
+            self._features(everyone.replies), everyone.feedback, cfg.reward
         )
         x_user = self._features(replies)
         user_reward, reward_metrics = reward.fit_user(
@@ -378,6 +425,28 @@ class Trainer:
             sft_losses.append(
                 supervised_step(policy.peft, sft_optimizer, batch, cfg.ppo.max_grad_norm)
             )
+        pairs = mine.preferences[-rc.preference_pairs :]
+        preference_losses, preference_accuracy = [], []
+        if pairs and rc.preference_steps:
+            chosen_all = [self._example(w) for w, _ in pairs]
+            rejected_all = [self._example(lo) for _, lo in pairs]
+            with torch.no_grad(), policy.base_only():
+                ref_chosen = self._sequence_logprobs(chosen_all)
+                ref_rejected = self._sequence_logprobs(rejected_all)
+            for _step in range(rc.preference_steps):
+                rows = rng.sample(range(len(pairs)), min(len(pairs), rc.preference_batch))
+                loss, accuracy = preference_step(
+                    policy.peft,
+                    sft_optimizer,
+                    self._batch([chosen_all[i] for i in rows]),
+                    self._batch([rejected_all[i] for i in rows]),
+                    ref_chosen[rows],
+                    ref_rejected[rows],
+                    rc.preference_beta,
+                    cfg.ppo.max_grad_norm,
+                )
+                preference_losses.append(loss)
+                preference_accuracy.append(accuracy)
         lap("warm_start")
 
         # 3. rollouts -> PPO -> best-of-n distillation ----------------------------------------
@@ -466,6 +535,9 @@ class Trainer:
             "kl_coef": kl_coef,
             "sft_loss_first": sft_losses[0] if sft_losses else None,
             "sft_loss_last": sft_losses[-1] if sft_losses else None,
+            "preference_loss_first": preference_losses[0] if preference_losses else None,
+            "preference_loss_last": preference_losses[-1] if preference_losses else None,
+            "preference_accuracy_last": preference_accuracy[-1] if preference_accuracy else None,
             "distill_loss": sum(distill_losses) / len(distill_losses) if distill_losses else None,
             "ppo_iterations": len(ppo_stats),
             **{
