@@ -3,8 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from assistant import Assistant
+from online_rl.policy import LoraSettings, TrainablePolicy
 from tests.tiny import build_tiny_model
 
 SHORT = {"max_new_tokens": 8}
@@ -34,3 +37,12 @@ def bob(asst: Assistant) -> str:
 def row_counts(asst: Assistant) -> dict[str, int]:
     db = asst.store.db
     return {t: db[t].count for t in db.table_names()}
+
+
+@pytest.fixture
+def policy(tiny_model_dir: Path) -> TrainablePolicy:
+    """A trainable LoRA policy on a fresh tiny model (no Assistant around it)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.requires_grad_(False)
+    return TrainablePolicy(model, LoraSettings(r=4, alpha=8), torch.device("cpu"))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from online_rl.policy import LoraSettings, TrainablePolicy, forward_batch, make_batch
+from online_rl.policy import TrainablePolicy, forward_batch, make_batch
 from online_rl.ppo import (
     NonFiniteLoss,
     PPOConfig,
@@ -83,14 +81,6 @@ def test_whitening_ignores_padding() -> None:
     assert real.mean().item() == pytest.approx(0.0, abs=1e-5)
     assert real.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-3)
     assert (w[:, 2] == 0).all()
-
-
-@pytest.fixture
-def policy(tiny_model_dir: Path) -> TrainablePolicy:
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model.requires_grad_(False)
-    return TrainablePolicy(model, LoraSettings(r=4, alpha=8), torch.device("cpu"))
 
 
 def _rollouts(policy: TrainablePolicy, scores: list[float]) -> Rollouts:
