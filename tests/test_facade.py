@@ -12,7 +12,6 @@ from assistant import (
     Assistant,
     Delta,
     InvalidInput,
-    NotAvailableYet,
     PermissionDenied,
     Reply,
     UnknownConversation,
@@ -259,17 +258,22 @@ def test_delete_user_removes_rows_and_adapter_files(asst: Assistant, alice: str,
         asst.chat(alice, "still here?")
 
 
-def test_train_says_it_is_not_there_yet(asst: Assistant, alice: str) -> None:
-    with pytest.raises(NotAvailableYet):
-        asst.train(alice)
-    assert asst.trends(alice) == []
+def test_train_without_feedback_is_skipped_and_recorded(asst: Assistant, alice: str) -> None:
+    report = asst.train(alice)
+    assert (report.accepted, report.version) == (False, None)
+    assert [r["outcome"] for r in asst.trends(alice)] == ["skipped"]
+    with pytest.raises(UnknownUser):
+        asst.train("nobody")
 
 
-def test_background_is_refused_until_the_scheduler_lands(
+def test_background_starts_one_scheduler_and_close_stops_it(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    with pytest.raises(NotAvailableYet):
-        Assistant.open(tmp_path, model=str(tiny_model_dir), background=True)
+    asst = Assistant.open(tmp_path, model=str(tiny_model_dir), background=True)
+    scheduler = asst.scheduler
+    assert scheduler is not None and scheduler.scheduler.running
+    asst.close()
+    assert asst.scheduler is None and not scheduler.scheduler.running
 
 
 def test_reopen_keeps_everything(tmp_path: Path, tiny_model_dir: Path) -> None:
