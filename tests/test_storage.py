@@ -23,12 +23,13 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "pairs",
         "adapter_versions",
         "training_runs",
+        "features",
     }
     assert expected <= set(db.table_names())
     assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert db.execute("pragma busy_timeout").fetchone()[0] > 0
     again = connect(path)  # re-opening applies nothing twice
-    assert [m.name for m in migrations.applied(again)] == ["m001_initial"]
+    assert [m.name for m in migrations.applied(again)] == ["m001_initial", "m002_training"]
 
 
 def test_each_thread_gets_its_own_connection(tmp_path: Path) -> None:
