@@ -36,6 +36,7 @@ RECIPES = {
     "ppo-only": {"sft_steps": 0, "distill_steps": 0},
     "no-ppo": {"ppo": False},
     "warm-start-only": {"iterations": 0},
+    "dpo-heavy": {"preference_steps": 8, "preference_batch": 8},
 }
 
 
