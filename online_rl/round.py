@@ -414,16 +414,14 @@ class Trainer:
             weight_decay=0.0,
         )
         base = asst.base
-        pad = base.tokenizer.pad_token_id
         examples = [self._example(m) for m in demos]
         sft_losses = []
         for _step in range(rc.sft_steps if examples else 0):
             chosen = rng.sample(examples, min(len(examples), rc.sft_batch))
-            batch = make_batch(
-                [e.prompt for e in chosen], [e.reply for e in chosen], pad, base.device
-            )
             sft_losses.append(
-                supervised_step(policy.peft, sft_optimizer, batch, cfg.ppo.max_grad_norm)
+                supervised_step(
+                    policy.peft, sft_optimizer, self._batch(chosen), cfg.ppo.max_grad_norm
+                )
             )
         pairs = mine.preferences[-rc.preference_pairs :]
         preference_losses, preference_accuracy = [], []
@@ -483,11 +481,10 @@ class Trainer:
                 if ranked[top] > ranked[rows].mean():
                     best.append(Example(prompts[top], replies_ids[top]))
             for _ in range(rc.distill_steps if best else 0):
-                batch = make_batch(
-                    [e.prompt for e in best], [e.reply for e in best], pad, base.device
-                )
                 distill_losses.append(
-                    supervised_step(policy.peft, sft_optimizer, batch, cfg.ppo.max_grad_norm)
+                    supervised_step(
+                        policy.peft, sft_optimizer, self._batch(best), cfg.ppo.max_grad_norm
+                    )
                 )
             lap("distill", add=True)
 
