@@ -329,9 +329,7 @@ class Assistant:
 
     def _turns(self, conversation_id: str | None, text: str) -> list[dict[str, str]]:
         seen = records.context_before(self.store.db, conversation_id) if conversation_id else []
-        return [{"role": m["role"], "content": m["text"]} for m in seen] + [
-            {"role": "user", "content": text}
-        ]
+        return generation.turns(seen) + [{"role": "user", "content": text}]
 
     def _stream(
         self,

@@ -54,6 +54,11 @@ def bind_forward(
     return step
 
 
+def turns(messages: Sequence[dict[str, Any]]) -> list[Turn]:
+    """Stored message rows (role, text) as the chat template's turns."""
+    return [{"role": m["role"], "content": m["text"]} for m in messages]
+
+
 def special_token_strings(tokenizer: Any) -> list[str]:
     """Every string the tokenizer turns into a control token rather than text."""
     specials = set(tokenizer.all_special_tokens)

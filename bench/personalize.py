@@ -15,6 +15,7 @@ import json
 import platform
 import random
 import re
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -138,10 +139,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         parser.error(f"unknown users {unknown}; choose from {list(PREFERENCES)}")
 
     data = Path(args.data_dir) / "bench-personalize"
-    if data.exists():
-        import shutil
-
-        shutil.rmtree(data)
+    shutil.rmtree(data, ignore_errors=True)
     cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
     training = TrainingConfig(round=replace(RoundConfig(), **RECIPES[opts.recipe]))
     asst = Assistant.open(

@@ -191,8 +191,15 @@ class TrainablePolicy:
         return LIVE if self.has_live else BASE
 
     def generation_forward(self, adapter_names: Sequence[str]) -> Any:
+        """A decoding step for `generation`; rows may mix TRAINABLE, LIVE and BASE.
+
+        peft's per-row routing (`adapter_names`) cost 13% here (145 vs 166 tok/s, batch 16), so a
+        batch on the active (trainable) adapter alone goes without it.
+        """
         from assistant.generation import bind_forward
 
+        if set(adapter_names) == {TRAINABLE}:
+            return bind_forward(self.peft)
         return bind_forward(self.peft, adapter_names=list(adapter_names))
 
     def save(self, folder: Path) -> None:

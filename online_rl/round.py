@@ -168,10 +168,7 @@ class Trainer:
         """The prompt a stored reply answered, and the reply, as the model saw them."""
         db = self.assistant.store.db
         tokenizer = self.assistant.base.tokenizer
-        turns = [
-            {"role": m["role"], "content": m["text"]}
-            for m in records.context_before(db, message["conversation_id"], message)
-        ]
+        turns = generation.turns(records.context_before(db, message["conversation_id"], message))
         reply = tokenizer(message["text"], add_special_tokens=False)["input_ids"]
         settings = records.message_generation(message)
         if settings.get("ended_by_model", True):
@@ -248,10 +245,7 @@ class Trainer:
         for m in records.user_prompts(db, user_id, self.config.round.prompt_pool):
             if m["text"] in seen:
                 continue
-            turns = [
-                {"role": t["role"], "content": t["text"]}
-                for t in records.context_before(db, m["conversation_id"], m)
-            ] + [{"role": "user", "content": m["text"]}]
+            turns = generation.turns(records.context_before(db, m["conversation_id"], m) + [m])
             seen[m["text"]] = self._prompt_ids(turns)
         ordered = sorted(seen.items(), key=lambda kv: hash_text(kv[0]))
         n_heldout = max(1, round(len(ordered) * self.config.round.heldout_share))

@@ -226,12 +226,6 @@ def list_adapter_versions(db: Database, user_id: str) -> list[Row]:
     )
 
 
-def live_version(db: Database, user_id: str) -> Row | None:
-    return _first(
-        db, "select * from adapter_versions where user_id = ? and status = 'live'", [user_id]
-    )
-
-
 def version_metrics(db: Database, user_id: str, version: int) -> dict[str, Any]:
     row = _first(
         db,

@@ -44,3 +44,22 @@ def test_dpo_moves_the_policy_toward_the_winner_and_away_from_the_loser(
             sequence_logprob(policy.peft, rejected) - ref_rejected
         )
     assert (margin > 0).all()  # ...because winners gained on losers against the base
+
+
+def test_the_unrouted_fast_path_computes_what_peft_routing_computes(
+    policy: TrainablePolicy,
+) -> None:
+    from online_rl.policy import BASE, TRAINABLE
+
+    with torch.no_grad():
+        for name, p in policy.peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a non-zero adapter, so base and adapter rows differ
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
+    mask, positions = torch.ones_like(ids), torch.arange(4).repeat(2, 1)
+    with torch.no_grad():
+        fast = policy.generation_forward([TRAINABLE])(ids[:1], mask[:1], positions[:1], None)
+        routed = policy.generation_forward([TRAINABLE, BASE])(ids, mask, positions, None)
+    fast, both = fast.logits, routed.logits
+    assert torch.allclose(fast[0], both[0], atol=1e-5)  # same adapter, same numbers
+    assert not torch.allclose(both[0], both[1], atol=1e-3)  # and the adapter does matter
