@@ -13,6 +13,7 @@ from pathlib import Path
 from assistant.config import DEFAULT_MODEL, AssistantConfig, ModelConfig
 from assistant.errors import AttuneError, NotAvailableYet
 from assistant.facade import Assistant, Delta, Reply
+from ui.config import ServeConfig
 
 EXIT_ERROR = 1
 EXIT_NOT_YET = 3
@@ -60,6 +61,8 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         password = getpass.getpass(f"password for {args.name}: ")
     user = asst.add_user(args.name, password=password, operator=args.operator)
     print(f"added {user.role} {user.name}")
+    if password is None:
+        print("(no password: this account cannot sign in to the web app; add one with --password)")
     return 0
 
 
@@ -73,6 +76,30 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
     _assistant(args).delete_user(args.name)
     print(f"deleted {args.name} with their conversations, feedback and adapters")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The web app (ui/), with the background scheduler in this process."""
+    from ui.serve import serve  # imports gradio: only when serving
+
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir),
+        model=ModelConfig(
+            name=args.model,
+            quantize=args.quantize,
+            device=args.device,
+            cache_dir=Path(args.model_cache) if args.model_cache else None,
+        ),
+        max_message_chars=args.max_message_chars,
+        concurrency=args.concurrency,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        background=args.training,
+        demo_accounts=args.demo_accounts,
+    )
+    return serve(config)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -169,13 +196,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return BENCHMARKS[args.name](args, args.options)
 
 
-def not_yet(what: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise NotAvailableYet(f"{what} has not landed yet")
-
-    return run
-
-
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -213,11 +233,36 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    serve = add(
-        "serve", not_yet("the web app (the UI issue)"), "start the web app with background training"
+    web = ServeConfig()  # the web app's defaults, shown in --help
+    serve = add("serve", cmd_serve, "start the web app with background training")
+    serve.add_argument("--host", default=web.host, help="default: %(default)s")
+    serve.add_argument("--port", type=int, default=web.port, help="default: %(default)s")
+    serve.add_argument(
+        "--max-message-chars",
+        type=int,
+        default=web.max_message_chars,
+        help="longer chat messages are refused (default: %(default)s)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument(
+        "--concurrency",
+        type=int,
+        default=web.concurrency,
+        help="replies generated at once; the rest queue (default: %(default)s)",
+    )
+    serve.add_argument("--max-new-tokens", type=int, default=web.max_new_tokens)
+    serve.add_argument("--temperature", type=float, default=web.temperature)
+    serve.add_argument(
+        "--no-training",
+        dest="training",
+        action="store_false",
+        help="do not run the background training scheduler",
+    )
+    serve.add_argument(
+        "--demo-accounts",
+        action="store_true",
+        help="on an empty database, create a demo user and an operator and print their "
+        "passwords once (make run does)",
+    )
 
     chat = add("chat", cmd_chat, "chat in the terminal as a user")
     chat.add_argument("--user", required=True)

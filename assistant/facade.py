@@ -537,6 +537,12 @@ class Assistant:
             raise AlreadyChosen("this A/B pair was decided already")
         self._clicked(u)
 
+    def feedback_counts(self, user: str) -> dict[str, int]:
+        """How much the user has taught their assistant: standing thumbs up and down
+        (retractions not counted) and decided A/B choices."""
+        u = self.user(user)
+        return records.feedback_counts(self.store.db, u.id)
+
     def _clicked(self, user: User) -> None:
         """Tell the scheduler (if running) that the user has a new click."""
         if self.scheduler is not None:
@@ -551,6 +557,20 @@ class Assistant:
         """
         u = self.user(user)
         return self.trainer.run(u.id)
+
+    @property
+    def background(self) -> bool:
+        """True while this assistant's background training scheduler runs."""
+        return self.scheduler is not None
+
+    def queue_training(self, user: str) -> bool:
+        """Queue a round for the user on the background scheduler now, whatever their click
+        count (an operator's "train now" that must not block the caller). False when a round
+        is queued or running already; InvalidInput when no scheduler runs (call `train`)."""
+        u = self.user(user)
+        if self.scheduler is None:
+            raise InvalidInput("no background scheduler is running: use train() to train now")
+        return self.scheduler.queue(u.id)
 
     def training_state(self, user: str) -> str | None:
         """ "queued" or "running" while the background scheduler has a round for the user."""

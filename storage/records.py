@@ -176,6 +176,24 @@ def get_feedback(db: Database, message_id: str) -> Row | None:
     return _first(db, "select * from feedback where message_id = ?", [message_id])
 
 
+def feedback_counts(db: Database, user_id: str) -> dict[str, int]:
+    """The user's standing thumbs (retractions not counted) and decided A/B choices."""
+    thumbs = _first(
+        db,
+        "select coalesce(sum(thumb = 1), 0) as up, coalesce(sum(thumb = -1), 0) as down "
+        "from feedback where user_id = ?",
+        [user_id],
+    )
+    choices = _first(
+        db, "select count(*) as n from pairs where user_id = ? and winner is not null", [user_id]
+    )
+    return {
+        "thumbs_up": thumbs["up"] if thumbs else 0,
+        "thumbs_down": thumbs["down"] if thumbs else 0,
+        "choices": choices["n"] if choices else 0,
+    }
+
+
 # A/B pairs --------------------------------------------------------------------------------------
 
 

@@ -284,3 +284,16 @@ def test_reopen_keeps_everything(tmp_path: Path, tiny_model_dir: Path) -> None:
         assert [m["text"] for m in second.messages("carol", reply.conversation_id)][
             0
         ] == "remember me"
+
+
+def test_feedback_counts_and_queue_training_need_a_scheduler(asst: Assistant, alice: str) -> None:
+    reply = asst.chat(alice, "count me", **SHORT)
+    asst.rate(alice, reply.id, -1)
+    pair = asst.compare(alice, "and compare me", **SHORT)
+    asst.choose(alice, pair.id, "tie")
+    assert asst.feedback_counts(alice) == {"thumbs_up": 0, "thumbs_down": 1, "choices": 1}
+    asst.rate(alice, reply.id, 0)  # a retraction is not feedback given
+    assert asst.feedback_counts(alice)["thumbs_down"] == 0
+    assert not asst.background
+    with pytest.raises(InvalidInput, match="no background scheduler"):
+        asst.queue_training(alice)

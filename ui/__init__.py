@@ -1,1 +1,4 @@
-"""The Gradio app (arrives with the UI issue); it will call only the `Assistant` facade."""
+"""The Gradio web app: sign-in, chat, thumbs, A/B choices, the operator dashboard.
+
+It calls only the `Assistant` facade (no SQL, no torch, no model code here).
+"""

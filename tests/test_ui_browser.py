@@ -1,0 +1,182 @@
+"""The web app in a real browser: Debian's Chromium, headless, driven by Playwright for Python.
+
+Sign in, send a message and watch the reply stream in, thumbs up, reload (the conversation
+and its thumb come back from storage), click the thumb again to retract it, an A/B choice,
+then sign in as an operator and see the trend plot. A screenshot per step goes to
+`<tmp_path>/screenshots` (`pytest -s` prints the folder; `pytest --basetemp=DIR` puts it at a
+fixed path for CI artifacts).
+
+Never a downloaded browser: `executable_path` is the system Chromium, which `make test`
+installs with apt. Without it this test fails, loudly: it is never skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from assistant import Assistant
+from storage import records
+from tests.ui_support import FAST, PASSWORDS, add_users, seed_runs, serving
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"]
+TIMEOUT_MS = 60_000
+STORAGE_TIMEOUT_S = 30
+CONFIG = replace(FAST, max_new_tokens=48)
+
+BOT_PREFIX = "bot's message: "  # the Chatbot labels each reply with its raw text
+WATCH_STREAM = """() => {
+  window.__replySnapshots = [];
+  const seen = () => {
+    const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+    const label = bots.length ? bots[bots.length - 1].getAttribute('aria-label') : '';
+    const shots = window.__replySnapshots;
+    if (label && shots[shots.length - 1] !== label) shots.push(label);
+  };
+  new MutationObserver(seen).observe(document.body, {
+    subtree: true, childList: true, characterData: true, attributes: true,
+  });
+}"""
+SHOWS_REPLY = """(label) => {
+  const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
+  return bots.length === 1 && bots[0].getAttribute('aria-label') === label;
+}"""
+
+
+@pytest.fixture
+def app(tmp_path: Path, tiny_model_dir: Path) -> Iterator[tuple[Assistant, str]]:
+    with Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as asst:
+        add_users(asst)
+        seed_runs(asst, "alice")
+        with serving(asst, CONFIG) as url:
+            yield asst, url
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium). "
+            "The browser test is never skipped."
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def eventually(check, what: str):
+    """Poll storage until `check()` is truthy: the browser's click reaches it asynchronously."""
+    deadline = time.monotonic() + STORAGE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sign_in(browser, url: str, name: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(PASSWORDS[name])
+    page.get_by_role("button", name="Login").click()
+    page.locator("#assistant-panel").get_by_text(f"Signed in as {name}").wait_for()
+    return page
+
+
+def test_sign_in_chat_thumbs_choice_and_operator_plot(
+    app: tuple[Assistant, str], browser, tmp_path: Path
+) -> None:
+    asst, url = app
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"screenshots: {shots}")
+
+    page = sign_in(browser, url, "alice")
+    assert page.get_by_role("tab", name="Operator").count() == 0  # not an operator
+    page.screenshot(path=shots / "1-signed-in.png")
+
+    page.evaluate(WATCH_STREAM)
+    box = page.locator("#message textarea")
+    box.fill("Hello from a real browser")
+    box.press("Enter")
+    conversation = eventually(lambda: asst.conversations("alice"), "the stored reply")[0]["id"]
+    stored = asst.messages("alice", conversation)
+    reply = stored[-1]
+    page.wait_for_function(SHOWS_REPLY, arg=BOT_PREFIX + reply["text"])  # what was stored
+    snapshots = [s.removeprefix(BOT_PREFIX) for s in page.evaluate("window.__replySnapshots")]
+    print(f"the reply was drawn in {len(snapshots)} steps")
+    *partial, final = snapshots
+    assert final == reply["text"] and partial, snapshots  # it grew on screen before it was whole
+    assert all(reply["text"].startswith(p.rstrip()) for p in partial), snapshots
+    assert stored[0]["text"] == "Hello from a real browser"
+    page.screenshot(path=shots / "2-streamed-reply.png")
+
+    page.locator("#chatbot").get_by_role("button", name="Like").last.click()
+    eventually(
+        lambda: (records.get_feedback(asst.store.db, reply["id"]) or {}).get("thumb") == 1,
+        "the thumbs up in storage",
+    )
+    page.locator("#assistant-panel").get_by_text("1 thumbs up").wait_for()
+    page.screenshot(path=shots / "3-thumbs-up.png")
+    page.reload()  # the conversation and its thumb come back from storage
+    page.wait_for_function(SHOWS_REPLY, arg=BOT_PREFIX + reply["text"])
+    page.locator("#chatbot").get_by_role("button", name="Like").last.click()  # again: retract
+    eventually(
+        lambda: records.get_feedback(asst.store.db, reply["id"])["thumb"] == 0,
+        "the retraction in storage",
+    )
+    page.locator("#assistant-panel").get_by_text("0 thumbs up").wait_for()
+    page.screenshot(path=shots / "4-reload-and-retract.png")
+
+    page.get_by_role("tab", name="Compare").click()
+    prompt = page.locator("#prompt textarea")
+    prompt.fill("Which answer is better?")
+    prompt.press("Enter")
+    choose_a = page.get_by_role("button", name="A is better")
+    choose_a.wait_for()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('button')]"
+        ".some(b => b.innerText.trim() === 'A is better' && !b.disabled)"
+    )
+    choose_a.click()
+    page.get_by_text("Saved: A is better").wait_for()
+    assert page.get_by_role("button", name="B is better").is_disabled()
+    pair = eventually(
+        lambda: next(
+            iter(
+                asst.store.db.query(
+                    "select * from pairs where user_id = ?", [asst.user("alice").id]
+                )
+            ),
+            None,
+        ),
+        "the pair in storage",
+    )
+    assert pair["winner"] == "a"
+    page.screenshot(path=shots / "5-ab-choice.png")
+    page.close()
+
+    page = sign_in(browser, url, "olga")
+    page.get_by_role("tab", name="Operator").click()
+    plot = page.locator("#reward-plot")
+    plot.get_by_text("reward after (candidate)").first.wait_for()
+    plot.locator("canvas, svg").first.wait_for()
+    page.screenshot(path=shots / "6-operator-trend.png", full_page=True)
+    assert sorted(p.name for p in shots.iterdir()) == [
+        "1-signed-in.png",
+        "2-streamed-reply.png",
+        "3-thumbs-up.png",
+        "4-reload-and-retract.png",
+        "5-ab-choice.png",
+        "6-operator-trend.png",
+    ]

@@ -1,0 +1,248 @@
+"""Web app handlers called directly, on the tiny model: thumbs through `gr.LikeData`, streaming,
+history from storage, bad input, A/B choices, the panel and the operator's role checks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import gradio as gr
+import pytest
+
+from assistant import Assistant, InvalidInput
+from storage import records
+from tests.conftest import row_counts
+from tests.ui_support import FAST, add_users, as_user, seed_runs
+from ui import history
+from ui.chat import Chat, thumb_of
+from ui.compare import Compare
+from ui.config import ServeConfig
+from ui.errors import UNEXPECTED, readable_errors
+from ui.operator import Operator, metric_frame, reward_frame
+from ui.panel import describe
+from ui.serve import FIRST_ACCOUNTS, first_accounts
+
+
+@pytest.fixture
+def users(asst: Assistant) -> Assistant:
+    add_users(asst)
+    return asst
+
+
+def chat_once(chat: Chat, user: str, text: str, conversation: str = "") -> dict:
+    """Send a message through the handler; the stored reply's ids (last output)."""
+    *_, final = chat.send(text, conversation, as_user(user))
+    return final[-1]
+
+
+def like(index: int, liked: bool | str) -> gr.LikeData:
+    return gr.LikeData(None, {"index": index, "value": ["whatever"], "liked": liked})
+
+
+def test_streaming_grows_the_reply_then_shows_what_was_stored(users: Assistant) -> None:
+    chat = Chat(users, FAST)
+    updates = list(chat.send("  hello there  ", "", as_user("alice")))
+    first, *middle, final = updates
+    assert first[0][-2:] == [
+        {"role": "user", "content": "hello there"},
+        {"role": "assistant", "content": ""},
+    ]
+    assert first[2] == ""  # the message box is cleared at once
+    partial = [u[0][-1]["content"] for u in middle]
+    assert partial and all(b.startswith(a) for a, b in zip(partial, partial[1:], strict=False))
+    reply = final[-1]
+    stored = users.messages("alice", reply["conversation_id"])
+    assert [m["text"] for m in stored] == ["hello there", reply["text"]]
+    assert final[1] == reply["conversation_id"]
+    assert final[0].feedback_value == [None]
+
+
+def test_history_comes_back_from_storage_after_a_reload(users: Assistant) -> None:
+    first = chat_once(Chat(users, FAST), "alice", "first question")
+    chat_once(Chat(users, FAST), "alice", "second question", first["conversation_id"])
+    chatbot, current, conversations = Chat(users, FAST).restore(as_user("alice"))  # a new page
+    assert current == first["conversation_id"]
+    texts = [m["content"][0]["text"] for m in chatbot.value]
+    assert texts[0] == "first question" and texts[2] == "second question" and len(texts) == 4
+    assert [c[1] for c in conversations.choices] == [current]
+    empty, none, _ = Chat(users, FAST).restore(as_user("bob"))
+    assert empty.value == [] and none == ""
+
+
+def test_thumbs_from_like_data_with_reason_then_retract(users: Assistant) -> None:
+    chat = Chat(users, FAST)
+    reply = chat_once(chat, "alice", "rate me")
+    conversation = reply["conversation_id"]
+    chat.like(conversation, "harmful", as_user("alice"), like(1, False))
+    row = records.get_feedback(users.store.db, reply["message_id"])
+    assert (row["thumb"], row["reason"]) == (-1, "harmful")
+    chat.like(conversation, "my own words", as_user("alice"), like(1, True))
+    row = records.get_feedback(users.store.db, reply["message_id"])
+    assert (row["thumb"], row["reason"]) == (1, "my own words")
+    assert history.feedback_values(history.load(users, "alice", conversation)) == ["Like"]
+    chat.like(conversation, "my own words", as_user("alice"), like(1, ""))  # clicked again
+    row = records.get_feedback(users.store.db, reply["message_id"])
+    assert (row["thumb"], row["reason"]) == (0, None)
+    assert users.feedback_counts("alice") == {"thumbs_up": 0, "thumbs_down": 0, "choices": 0}
+
+
+def test_likes_that_cannot_be_stored_are_refused_readably(users: Assistant) -> None:
+    chat = Chat(users, FAST)
+    reply = chat_once(chat, "alice", "mine")
+    conversation = reply["conversation_id"]
+    before = row_counts(users)
+    with pytest.raises(gr.Error, match="assistant's replies"):
+        chat.like(conversation, "", as_user("alice"), like(0, True))  # the user's own message
+    with pytest.raises(gr.Error, match="still being written"):
+        chat.like(conversation, "", as_user("alice"), like(2, True))  # not stored yet
+    with pytest.raises(gr.Error, match="another user"):
+        chat.like(conversation, "", as_user("bob"), like(1, True))
+    with pytest.raises(gr.Error, match="another user"):
+        chat.rate(reply["message_id"], 1, "", as_user("bob"))
+    with pytest.raises(gr.Error, match="sign in"):
+        chat.rate(reply["message_id"], 1, "", as_user(None))
+    with pytest.raises(gr.Error, match="thumb must be"):
+        chat.rate(reply["message_id"], 2, "", as_user("alice"))
+    assert row_counts(users) == before
+
+
+def test_thumb_of_liked_values() -> None:
+    assert [thumb_of(v) for v in (True, False, "", None)] == [1, -1, 0, 0]
+    with pytest.raises(gr.Error):
+        thumb_of("Funny")
+
+
+def test_empty_message_sends_nothing_and_long_message_is_refused(users: Assistant) -> None:
+    chat = Chat(users, replace(FAST, max_message_chars=50))
+    before = row_counts(users)
+    (only,) = list(chat.send("   ", "", as_user("alice")))
+    assert all(isinstance(u, type(gr.skip())) for u in only)
+    with pytest.raises(gr.Error, match="51 characters long; the limit is 50. Nothing was sent"):
+        list(chat.send("x" * 51, "", as_user("alice")))
+    with pytest.raises(gr.Error, match="limit is 50"):
+        Compare(users, replace(FAST, max_message_chars=50)).ask("y" * 51, as_user("alice"))
+    assert row_counts(users) == before
+
+
+def test_compare_locks_after_one_choice(users: Assistant) -> None:
+    compare = Compare(users, FAST)
+    a, b, pair_id, *buttons, note, box = compare.ask("which is better?", as_user("alice"))
+    assert all(button.interactive for button in buttons) and box == ""
+    assert "base model" in note
+    *after, said = compare.button("both_bad")(pair_id, as_user("alice"))
+    assert not any(button.interactive for button in after) and "Both are bad" in said
+    assert records.get_pair(users.store.db, pair_id)["winner"] == "both_bad"
+    with pytest.raises(gr.Error, match="decided already"):
+        compare.button("a")(pair_id, as_user("alice"))
+    with pytest.raises(gr.Error, match="another user"):
+        compare.choose(pair_id, "a", as_user("bob"))
+    with pytest.raises(gr.Error, match="Ask a question first"):
+        compare.button("a")("", as_user("alice"))
+    assert records.get_pair(users.store.db, pair_id)["winner"] == "both_bad"
+    shown = history.load(users, "alice", users.conversations("alice")[0]["id"])
+    assert [s.content.split("\n")[0] for s in shown[1:]] == [
+        "**Answer A** (A/B comparison)",
+        "**Answer B** (A/B comparison)",
+    ]
+
+
+def test_panel_says_version_feedback_and_training(users: Assistant) -> None:
+    reply = chat_once(Chat(users, FAST), "alice", "hi")
+    users.rate("alice", reply["message_id"], 1)
+    pair = users.compare("alice", "pick", max_new_tokens=4)
+    users.choose("alice", pair.id, "tie")
+    seed_runs(users, "alice")
+    text = describe(users, "alice")
+    assert "1 thumbs up · 0 thumbs down · 1 A/B choices" in text
+    assert "the base model" in text  # seeded runs wrote no live version
+    assert "Last learned:** 20" in text and "no background training" in text
+    assert "Last learned:** never" in describe(users, "bob")
+
+
+def test_operator_endpoints_refuse_non_operators(users: Assistant) -> None:
+    ops = Operator(users, FAST)
+    for name in ("alice", None):
+        with pytest.raises(gr.Error):
+            ops.dashboard("alice", as_user(name))
+        with pytest.raises(gr.Error):
+            ops.rollback("alice", 0, as_user(name))
+        with pytest.raises(gr.Error):
+            ops.train_now("alice", as_user(name))
+    tab, timer = ops.start(as_user("alice"))
+    assert not tab.visible and not timer.active
+    assert all(isinstance(o, type(gr.skip())) for o in ops.first_view("", as_user("alice")))
+    tab, timer = ops.start(as_user("olga"))
+    assert tab.visible and timer.active
+
+
+def test_operator_dashboard_rollback_and_train_now(users: Assistant) -> None:
+    seed_runs(users, "alice")
+    ops = Operator(users, FAST)
+    picked, reward, kl, accuracy, volume, versions, summary = ops.dashboard("", as_user("olga"))
+    assert picked.value == "alice"  # the first user with training runs
+    assert len(reward) == 6 and set(reward["series"]) == {
+        "reward before (live)",
+        "reward after (candidate)",
+    }
+    assert list(kl["kl"]) == [2.5, 4.0, 5.5] and list(accuracy["heldout_accuracy"]) == [
+        0.6,
+        0.7,
+        0.8,
+    ]
+    assert set(volume["user"]) == {"alice", "bob", "olga"}
+    assert "2 accepted, 1 rejected" in summary
+    with pytest.raises(gr.Error, match="live already"):
+        ops.rollback("alice", 0, as_user("olga"))
+    with pytest.raises(gr.Error, match="no adapter version 7"):
+        ops.rollback("alice", 7, as_user("olga"))
+    with pytest.raises(gr.Error, match="no user named"):
+        ops.dashboard("nobody", as_user("olga"))
+    bob_id = users.user("bob").id
+    reason = "candidate no better than live on held-out prompts"
+    records.add_adapter_version(users.store.db, bob_id, 1, "/nowhere", None, "rejected", reason)
+    *_, versions, summary = ops.dashboard("bob", as_user("olga"))
+    assert versions.to_dict("records")[0] | {"created": None} == {
+        "version": 1,
+        "parent": None,
+        "status": "rejected",
+        "reason": reason,
+        "created": None,
+    }
+    with pytest.raises(gr.Error, match="only versions that were live can come back"):
+        ops.rollback("bob", 1, as_user("olga"))
+    said = ops.train_now("bob", as_user("olga"))  # no scheduler: runs here, and says why
+    assert "not accepted" in said and "not enough feedback" in said
+    assert users.trends("bob")[-1]["outcome"] == "skipped"
+
+
+def test_plot_frames_skip_runs_without_the_metric() -> None:
+    trends = [
+        {"started": "2025-01-01T00:00:00.000000+00:00", "outcome": "skipped"},
+        {"started": "2025-01-02T00:00:00.000000+00:00", "kl": 3.0, "reward_before": 0.1},
+    ]
+    assert list(metric_frame(trends, "kl")["kl"]) == [3.0]
+    assert list(reward_frame(trends)["reward"]) == [0.1]
+    assert metric_frame([], "kl").empty and reward_frame([]).empty
+
+
+def test_bugs_become_a_generic_error_not_a_traceback() -> None:
+    with pytest.raises(gr.Error) as caught, readable_errors():
+        raise RuntimeError("secret internals at line 42")
+    assert caught.value.message == UNEXPECTED
+
+
+def test_first_accounts_only_on_an_empty_database(asst: Assistant) -> None:
+    created = first_accounts(asst)
+    assert [(name, role) for name, _, role in created] == [
+        (name, "operator" if op else "user") for name, op in FIRST_ACCOUNTS
+    ]
+    for name, password, _ in created:
+        assert asst.authenticate(name, password) is not None
+    assert first_accounts(asst) == []  # printed once: the second start creates nothing
+
+
+@pytest.mark.parametrize(
+    "bad", [{"concurrency": 0}, {"max_message_chars": -5}, {"port": True}, {"refresh_seconds": 0}]
+)
+def test_serve_config_refuses_nonsense(bad: dict) -> None:
+    with pytest.raises(InvalidInput):
+        ServeConfig(**bad)

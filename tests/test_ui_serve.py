@@ -1,0 +1,101 @@
+"""`attune serve` for real: a subprocess with the background scheduler in it, the first
+accounts printed once, sign-in with them, and "train now" queued on that scheduler."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from gradio_client import Client
+
+from assistant import ModelConfig
+from tests.ui_support import free_port
+from ui.app import build_app
+from ui.config import ServeConfig
+from ui.serve import FIRST_ACCOUNTS, open_assistant
+
+START_TIMEOUT_S = 180  # imports torch, transformers and gradio on a busy 2-core machine
+ROUND_TIMEOUT_S = 120
+CREDENTIALS = re.compile(r"^\s+(user|operator)\s+name: (\S+)\s+password: (\S+)$")
+
+
+def read_lines(stream, into: queue.Queue) -> None:
+    for line in stream:
+        into.put(line.rstrip("\n"))
+
+
+def wait_for(lines: queue.Queue, seen: list[str], pattern: str) -> re.Match:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r}; output so far:\n" + "\n".join(seen))
+
+
+def test_attune_serve_signs_in_first_accounts_and_trains_in_background(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "assistant.cli", "serve"),
+        *("--port", str(port), "--data-dir", str(tmp_path / "data")),
+        *("--model", str(tiny_model_dir), "--max-new-tokens", "8", "--demo-accounts"),
+    ]
+    server = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=read_lines, args=(server.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+    try:
+        url = wait_for(lines, seen, r"Running on local URL:\s+(\S+)").group(1)
+        accounts = {m.group(2): m.group(3) for line in seen if (m := CREDENTIALS.match(line))}
+        assert set(accounts) == {name for name, _ in FIRST_ACCOUNTS}, seen
+        assert any("Background training is on" in line for line in seen)
+
+        demo = Client(url, auth=("demo", accounts["demo"]), verbose=False)
+        *_, reply = demo.predict("hello server", "", api_name="/chat")
+        assert reply["adapter_version"] == 0 and reply["message_id"]
+        operator = Client(url, auth=("operator", accounts["operator"]), verbose=False)
+        assert "is queued" in operator.predict("demo", api_name="/train_now")
+        deadline = time.monotonic() + ROUND_TIMEOUT_S
+        summary = ""
+        while time.monotonic() < deadline and "1 skipped" not in summary:
+            time.sleep(1)
+            summary = operator.predict("demo", api_name="/operator_data")[-1]
+        assert "1 skipped" in summary, summary  # the scheduler ran the round: too few clicks
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_building_the_app_again_reuses_the_one_scheduler(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Gradio's reload mode runs the app module again: the scheduler must not start twice."""
+    config = ServeConfig(data_dir=tmp_path / "data", model=ModelConfig(name=str(tiny_model_dir)))
+    first = open_assistant(config)
+    second = open_assistant(config)
+    try:
+        assert first.scheduler is not None and first.scheduler is second.scheduler
+        assert first.scheduler.scheduler.running
+        build_app(second, config)
+        assert second.background
+    finally:
+        second.close()
+        first.close()

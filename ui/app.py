@@ -1,0 +1,236 @@
+"""The Gradio app: layout and event wiring. Handlers live in chat.py, compare.py, panel.py and
+operator.py, and call only the `Assistant` facade.
+
+Every event has an `api_name`. The public ones are what `gradio_client.Client(url,
+auth=(name, password))` drives: chat, rate, compare, choose, new_conversation,
+open_conversation, assistant_panel, and the operator's operator_data, rollback and train_now.
+The rest (the thumbs of the chat, the four choice buttons, refreshes) are private: they need
+the browser's event data or only repeat a public endpoint.
+
+Concurrency: replies (chat, compare) share one concurrency group limited by
+`ServeConfig.concurrency`, set as `queue(default_concurrency_limit=...)`; see `ServeConfig`
+for why. Quick reads and clicks run without a limit, so a rating never waits behind a reply.
+The queue has no size limit: requests are queued, never dropped. A synchronous "train now"
+(no background scheduler) runs one at a time.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from assistant import Assistant
+from ui.chat import Chat
+from ui.compare import HELP, WINNERS, Compare
+from ui.config import ServeConfig
+from ui.operator import Operator
+from ui.panel import Panel
+
+GENERATION = "generation"  # the concurrency group of everything that runs the model
+TRAINING = "training"
+QUICK = {"concurrency_limit": None, "show_progress": "hidden"}
+PRIVATE = {"api_visibility": "private"}
+
+
+def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
+    """The whole web app for one facade; launch it with `ui.serve.launch`."""
+    chat, compare, panel, ops = (
+        Chat(asst, config),
+        Compare(asst, config),
+        Panel(asst),
+        Operator(asst, config),
+    )
+    with gr.Blocks(title="attune", analytics_enabled=False) as app:
+        with gr.Row():
+            gr.Markdown("# attune\nA chat assistant that learns from you.")
+            gr.Button("Sign out", link="/logout", size="sm", scale=0)
+        with gr.Row():
+            with gr.Column(scale=4), gr.Tabs():
+                with gr.Tab("Chat", id="chat"):
+                    with gr.Row():
+                        conversations = gr.Dropdown(
+                            label="Your conversations",
+                            choices=[],
+                            allow_custom_value=True,
+                            scale=4,
+                        )
+                        new_button = gr.Button("New conversation", scale=1)
+                    conversation_id = gr.Textbox(visible=False, label="conversation id")
+                    chatbot = gr.Chatbot(
+                        label="Conversation",
+                        group_consecutive_messages=False,
+                        buttons=["copy", "copy_all"],
+                        placeholder="Ask anything. Thumbs up or down on a reply teach your "
+                        "assistant; clicking the same thumb again takes it back.",
+                        elem_id="chatbot",
+                    )
+                    with gr.Row():
+                        message = gr.Textbox(
+                            label="Message",
+                            placeholder="Type a message and press Enter",
+                            scale=5,
+                            elem_id="message",
+                        )
+                        send_button = gr.Button("Send", variant="primary", scale=1)
+                    reason = gr.Dropdown(
+                        label="Reason for your next thumb (optional: pick one or type your own)",
+                        choices=["", *config.reasons],
+                        value="",
+                        allow_custom_value=True,
+                    )
+                    last_reply = gr.JSON(visible=False, label="last reply")
+                with gr.Tab("Compare", id="compare"):
+                    gr.Markdown(HELP)
+                    with gr.Row():
+                        prompt = gr.Textbox(label="Question", scale=5, elem_id="prompt")
+                        compare_button = gr.Button("Compare", variant="primary", scale=1)
+                    with gr.Row():
+                        answer_a = gr.Markdown(label="Answer A", container=True, elem_id="answer-a")
+                        answer_b = gr.Markdown(label="Answer B", container=True, elem_id="answer-b")
+                    with gr.Row():
+                        choice_buttons = {
+                            w: gr.Button(label, interactive=False) for w, label in WINNERS.items()
+                        }
+                    pair_id = gr.Textbox(visible=False, label="pair id")
+                    choice_note = gr.Markdown()
+                with gr.Tab("Operator", id="operator", visible=False) as operator_tab:
+                    with gr.Row():
+                        picked = gr.Dropdown(
+                            label="User", choices=[], allow_custom_value=True, scale=3
+                        )
+                        refresh_button = gr.Button("Refresh", scale=1)
+                    operator_summary = gr.Markdown()
+                    reward_plot = gr.LinePlot(
+                        x="started",
+                        y="reward",
+                        color="series",
+                        title="Reward per training run (held-out prompts)",
+                        x_title="run started",
+                        elem_id="reward-plot",
+                    )
+                    with gr.Row():
+                        kl_plot = gr.LinePlot(
+                            x="started", y="kl", title="KL to the base (nats per reply)"
+                        )
+                        accuracy_plot = gr.LinePlot(
+                            x="started",
+                            y="heldout_accuracy",
+                            title="Reward-head held-out accuracy",
+                        )
+                    volume_plot = gr.BarPlot(
+                        x="user", y="clicks", color="kind", title="Feedback per user"
+                    )
+                    versions_table = gr.Dataframe(label="Adapter versions", interactive=False)
+                    with gr.Row():
+                        version = gr.Number(label="Version to bring back", precision=0, value=0)
+                        rollback_button = gr.Button("Roll back", variant="stop")
+                        train_button = gr.Button("Train now")
+                    operator_note = gr.Markdown()
+                    operator_timer = gr.Timer(config.refresh_seconds, active=False)
+            with gr.Column(scale=1, min_width=220):
+                panel_text = gr.Markdown(elem_id="assistant-panel")
+                panel_timer = gr.Timer(config.refresh_seconds)
+
+        refresh_panel = {"fn": panel.render, "outputs": panel_text, **QUICK, **PRIVATE}
+        dashboard = {
+            "fn": ops.dashboard,
+            "inputs": picked,
+            "outputs": [
+                picked,
+                reward_plot,
+                kl_plot,
+                accuracy_plot,
+                volume_plot,
+                versions_table,
+                operator_summary,
+            ],
+            **QUICK,
+        }
+
+        # page load: history from storage, the panel, the operator tab for operators only
+        app.load(
+            chat.restore,
+            outputs=[chatbot, conversation_id, conversations],
+            api_name="restore",
+            **QUICK,
+            **PRIVATE,
+        )
+        app.load(**(refresh_panel | {"api_visibility": "public"}), api_name="assistant_panel")
+        app.load(
+            ops.start,
+            outputs=[operator_tab, operator_timer],
+            api_name="operator_start",
+            **QUICK,
+            **PRIVATE,
+        ).then(**(dashboard | {"fn": ops.first_view}), api_name="operator_first_view", **PRIVATE)
+        panel_timer.tick(**refresh_panel, api_name="panel_on_timer")
+
+        # chat
+        gr.on(
+            [message.submit, send_button.click],
+            chat.send,
+            inputs=[message, conversation_id],
+            outputs=[chatbot, conversation_id, message, conversations, last_reply],
+            api_name="chat",
+            concurrency_id=GENERATION,
+            trigger_mode="multiple",
+        ).then(**refresh_panel, api_name="panel_after_chat")
+        gr.on(
+            [new_button.click, chatbot.clear],  # clearing the chat starts a new conversation
+            chat.new,
+            outputs=[chatbot, conversation_id, conversations],
+            api_name="new_conversation",
+            **QUICK,
+        )
+        conversations.input(
+            chat.open,
+            inputs=conversations,
+            outputs=[chatbot, conversation_id],
+            api_name="open_conversation",
+            **QUICK,
+        )
+        chatbot.like(
+            chat.like, inputs=[conversation_id, reason], api_name="like", **QUICK, **PRIVATE
+        ).then(**refresh_panel, api_name="panel_after_like")
+        gr.api(chat.rate, api_name="rate", concurrency_limit=None)
+
+        # compare
+        gr.on(
+            [prompt.submit, compare_button.click],
+            compare.ask,
+            inputs=prompt,
+            outputs=[answer_a, answer_b, pair_id, *choice_buttons.values(), choice_note, prompt],
+            api_name="compare",
+            concurrency_id=GENERATION,
+            trigger_mode="multiple",
+        )
+        for winner, button in choice_buttons.items():
+            button.click(
+                compare.button(winner),
+                inputs=pair_id,
+                outputs=[*choice_buttons.values(), choice_note],
+                api_name=f"choose_{winner}",
+                **QUICK,
+                **PRIVATE,
+            ).then(**refresh_panel, api_name=f"panel_after_choose_{winner}")
+        gr.api(compare.choose, api_name="choose", concurrency_limit=None)
+
+        # operator
+        gr.on([refresh_button.click, picked.input], **dashboard, api_name="operator_data")
+        operator_timer.tick(**dashboard, api_name="operator_on_timer", **PRIVATE)
+        rollback_button.click(
+            ops.rollback,
+            inputs=[picked, version],
+            outputs=operator_note,
+            api_name="rollback",
+            **QUICK,
+        ).then(**dashboard, api_name="operator_after_rollback", **PRIVATE)
+        train_button.click(
+            ops.train_now,
+            inputs=picked,
+            outputs=operator_note,
+            api_name="train_now",
+            concurrency_id=TRAINING,
+            concurrency_limit=1,
+        ).then(**dashboard, api_name="operator_after_train", **PRIVATE)
+    app.queue(default_concurrency_limit=config.concurrency)
+    return app

@@ -1,0 +1,151 @@
+"""Chat tab handlers: streamed replies, history from storage, thumbs with reasons.
+
+Every handler takes `request: gr.Request` and acts as `request.username`; the facade checks
+that the conversation or message belongs to that user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from assistant import Assistant, Delta, Reply
+from ui import history
+from ui.config import ServeConfig
+from ui.errors import readable_errors
+from ui.identity import signed_in
+
+THUMB_WORDS = {1: "Thumbs up saved", -1: "Thumbs down saved", 0: "Rating retracted"}
+STILL_WRITING = "That reply is still being written; rate it once it is complete."
+
+
+def thumb_of(liked: bool | str | None) -> int:
+    """Gradio's LikeData.liked as a thumb: True 1, False -1, empty (a second click) 0."""
+    if liked is True:
+        return 1
+    if liked is False:
+        return -1
+    if liked in ("", None):
+        return 0
+    raise gr.Error(f"Unknown feedback {liked!r}.", print_exception=False)
+
+
+def too_long(text: str, limit: int) -> str | None:
+    """The sentence to show when a message is over the limit, else None."""
+    n = len(text.strip())
+    if n <= limit:
+        return None
+    return f"Your message is {n} characters long; the limit is {limit}. Nothing was sent."
+
+
+class Chat:
+    def __init__(self, asst: Assistant, config: ServeConfig):
+        self.asst = asst
+        self.config = config
+
+    def _chatbot(self, rows: list[history.Shown]) -> gr.Chatbot:
+        return gr.Chatbot(
+            value=history.chat_messages(rows), feedback_value=history.feedback_values(rows)
+        )
+
+    def _conversations(self, user: str, selected: str | None) -> gr.Dropdown:
+        choices = [(c["title"] or "(untitled)", c["id"]) for c in self.asst.conversations(user)]
+        return gr.Dropdown(choices=choices, value=selected or None)
+
+    def restore(self, request: gr.Request) -> tuple[gr.Chatbot, str, gr.Dropdown]:
+        """On page load: the newest conversation from storage, so a reload loses nothing."""
+        with readable_errors():
+            user = signed_in(request)
+            conversations = self.asst.conversations(user)
+            current = conversations[0]["id"] if conversations else ""
+            rows = history.load(self.asst, user, current)
+            return self._chatbot(rows), current, self._conversations(user, current)
+
+    def open(self, conversation_id: str | None, request: gr.Request) -> tuple[gr.Chatbot, str]:
+        """Show one of the user's conversations (picked in the list)."""
+        with readable_errors():
+            user = signed_in(request)
+            rows = history.load(self.asst, user, conversation_id)
+            return self._chatbot(rows), conversation_id or ""
+
+    def new(self, request: gr.Request) -> tuple[gr.Chatbot, str, gr.Dropdown]:
+        """Start a new conversation: the next message opens it."""
+        with readable_errors():
+            user = signed_in(request)
+            return self._chatbot([]), "", self._conversations(user, None)
+
+    def send(
+        self, message: str | None, conversation_id: str | None, request: gr.Request
+    ) -> Iterator[tuple[Any, ...]]:
+        """Stream the reply to `message`; yields (chatbot, conversation id, message box,
+        conversation list, stored reply). An empty message sends nothing; an over-long one
+        is refused with a sentence and nothing is stored."""
+        with readable_errors():
+            user = signed_in(request)
+            text = (message or "").strip()
+            if not text:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                return
+            refusal = too_long(text, self.config.max_message_chars)
+            if refusal:
+                raise gr.Error(refusal, print_exception=False)
+            stream = self.asst.chat_stream(
+                user,
+                text,
+                conversation_id or None,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature,
+            )
+            shown = history.chat_messages(history.load(self.asst, user, conversation_id))
+            shown += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+            yield shown, gr.skip(), "", gr.skip(), gr.skip()
+            for event in stream:
+                if isinstance(event, Delta):
+                    grown = {"role": "assistant", "content": shown[-1]["content"] + event.text}
+                    shown = [*shown[:-1], grown]  # a new list per update: nothing yielded changes
+                    yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, Reply):
+                    rows = history.load(self.asst, user, event.conversation_id)
+                    yield (
+                        self._chatbot(rows),
+                        event.conversation_id,
+                        gr.skip(),
+                        self._conversations(user, event.conversation_id),
+                        {
+                            "message_id": event.id,
+                            "conversation_id": event.conversation_id,
+                            "text": event.text,
+                            "adapter_version": event.adapter_version,
+                        },
+                    )
+
+    def like(
+        self,
+        conversation_id: str | None,
+        reason: str | None,
+        request: gr.Request,
+        data: gr.LikeData,
+    ) -> None:
+        """A thumb clicked in the chat; clicking it again retracts (Gradio sends '')."""
+        with readable_errors():
+            user = signed_in(request)
+            rows = history.load(self.asst, user, conversation_id)
+            index = data.index[0] if isinstance(data.index, list | tuple) else data.index
+            if not isinstance(index, int) or not 0 <= index < len(rows):
+                raise gr.Error(STILL_WRITING, print_exception=False)
+            self.record(user, rows[index].message_id, thumb_of(data.liked), reason)
+
+    def rate(self, message_id: str, thumb: int, reason: str, request: gr.Request) -> str:
+        """API: rate one of your replies by id: thumb 1 (up), -1 (down) or 0 (retract),
+        with an optional reason ("" for none)."""
+        with readable_errors():
+            return self.record(signed_in(request), message_id, thumb, reason)
+
+    def record(self, user: str, message_id: str, thumb: int, reason: str | None) -> str:
+        reason = (reason or "").strip() or None
+        self.asst.rate(user, message_id, thumb, reason if thumb else None)
+        said = THUMB_WORDS[thumb] + (f" ({reason})" if reason and thumb else "")
+        gr.Info(said)
+        return said

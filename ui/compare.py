@@ -1,0 +1,77 @@
+"""Compare tab handlers: two answers side by side, one choice per pair, buttons locked after."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from assistant import Assistant
+from ui.chat import too_long
+from ui.config import ServeConfig
+from ui.errors import readable_errors
+from ui.identity import signed_in
+
+WINNERS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
+HELP = """Ask a question and get **two answers from your assistant's live version**: two
+samples with different random seeds, so they differ only by the luck of sampling. Pick the
+better one (or Tie, or Both bad): your assistant learns which kind of answer you prefer. A
+choice is stored once; the buttons then lock until your next question. Each comparison starts
+a new conversation in the Chat tab's list, where the winner (answer A on a tie) stays in the
+context and a both-bad comparison leaves none."""
+ASK_FIRST = "Ask a question first: there is nothing to choose between yet."
+
+
+def locked(n: int = len(WINNERS)) -> tuple[gr.Button, ...]:
+    return tuple(gr.Button(interactive=False) for _ in range(n))
+
+
+def unlocked(n: int = len(WINNERS)) -> tuple[gr.Button, ...]:
+    return tuple(gr.Button(interactive=True) for _ in range(n))
+
+
+class Compare:
+    def __init__(self, asst: Assistant, config: ServeConfig):
+        self.asst = asst
+        self.config = config
+
+    def ask(self, prompt: str | None, request: gr.Request) -> tuple[Any, ...]:
+        """Two answers to `prompt`; returns (answer A, answer B, pair id, the four buttons
+        unlocked, a note, the cleared prompt box). An empty prompt sends nothing."""
+        with readable_errors():
+            user = signed_in(request)
+            text = (prompt or "").strip()
+            if not text:
+                return (gr.skip(),) * (5 + len(WINNERS))
+            refusal = too_long(text, self.config.max_message_chars)
+            if refusal:
+                raise gr.Error(refusal, print_exception=False)
+            pair = self.asst.compare(
+                user,
+                text,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature,
+            )
+            version = pair.a.adapter_version
+            source = f"version {version} of your assistant" if version else "the base model"
+            note = f"Both answers come from {source}. Which is better?"
+            return (pair.a.text, pair.b.text, pair.id, *unlocked(), note, "")
+
+    def choose(self, pair_id: str, winner: str, request: gr.Request) -> str:
+        """API: record your choice on an A/B pair: winner a, b, tie or both_bad (once)."""
+        with readable_errors():
+            user = signed_in(request)
+            if not pair_id:
+                raise gr.Error(ASK_FIRST, print_exception=False)
+            self.asst.choose(user, pair_id, winner)
+            return f"Saved: {WINNERS[winner]}. Ask another question to compare again."
+
+    def button(self, winner: str) -> Callable[..., tuple[Any, ...]]:
+        """The click handler of one choice button: store the choice, lock the buttons."""
+
+        def click(pair_id: str, request: gr.Request) -> tuple[Any, ...]:
+            return (*locked(), self.choose(pair_id, winner, request))
+
+        click.__name__ = f"choose_{winner}"
+        return click

@@ -1,0 +1,93 @@
+"""Start the web app: open the facade with its background scheduler, create the first accounts
+on an empty database, launch Gradio with sign-in.
+
+The scheduler is started through `Assistant.open(background=True)`, which keeps one per data
+folder for the whole process: building the app again (Gradio's reload mode executes the app
+module again) reuses it rather than starting a second one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+
+import gradio as gr
+
+from assistant import Assistant, ChatConfig
+from ui.app import build_app
+from ui.config import ServeConfig
+from ui.identity import authenticator
+
+FIRST_ACCOUNTS = (("demo", False), ("operator", True))  # (name, operator?)
+PASSWORD_BYTES = 12  # token_urlsafe(12): 16 characters, 96 random bits
+SIGN_IN_MESSAGE = (
+    "Sign in with your attune account (accounts are created with: attune user add NAME --password)."
+)
+
+
+def open_assistant(config: ServeConfig) -> Assistant:
+    """The facade for the app: the message limit is the app's, so UI and API agree."""
+    return Assistant.open(
+        config.data_dir,
+        model=config.model.name,
+        quantize=config.model.quantize,
+        device=config.model.device,
+        model_cache=config.model.cache_dir,
+        chat=ChatConfig(max_message_chars=config.max_message_chars),
+        background=config.background,
+    )
+
+
+def first_accounts(asst: Assistant) -> list[tuple[str, str, str]]:
+    """On an empty users table only: a demo user and an operator with random passwords.
+
+    Returns (name, password, role) for printing once; only scrypt hashes are stored, so the
+    passwords cannot be shown again.
+    """
+    if asst.users():
+        return []
+    created = []
+    for name, is_operator in FIRST_ACCOUNTS:
+        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        user = asst.add_user(name, password=password, operator=is_operator)
+        created.append((user.name, password, user.role))
+    return created
+
+
+def launch(app: gr.Blocks, asst: Assistant, config: ServeConfig, block: bool) -> str:
+    """Serve `app` with sign-in against the users table; returns the local URL.
+
+    block=False returns once the server is up (tests, embedding); close it with `app.close()`.
+    """
+    app.launch(
+        server_name=config.host,
+        server_port=config.port,
+        auth=authenticator(asst),
+        auth_message=SIGN_IN_MESSAGE,
+        prevent_thread_lock=not block,
+        share=False,
+        ssr_mode=False,
+        show_error=False,  # errors reach the browser as their gr.Error sentence only
+    )
+    return str(app.local_url)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # flushed: make and test harnesses read it through a pipe
+
+
+def serve(config: ServeConfig, say: Callable[[str], None] = _say) -> int:
+    """`attune serve`: run the app until interrupted."""
+    asst = open_assistant(config)
+    try:
+        credentials = first_accounts(asst) if config.demo_accounts else []
+        if credentials:
+            say("First start: created these accounts (shown only this once; stored hashed):")
+            for name, password, role in credentials:
+                say(f"  {role:<9} name: {name:<10} password: {password}")
+        if config.background:
+            say("Background training is on: rounds start as users give feedback.")
+        launch(build_app(asst, config), asst, config, block=True)
+    finally:
+        asst.close()
+    return 0
