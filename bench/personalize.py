@@ -19,17 +19,19 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
 
 from assistant import Assistant
 from assistant.generation import Sample
+from online_rl.gate import text_stats
 from online_rl.round import RoundConfig, TrainingConfig
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = Path(__file__).parent / "data" / "prompts.json"
+EXAMPLES = 4  # replies per model kept in the result, to read
 PROBE = "bench-probe"  # a user who never clicks: answers with the bare base
 # Which parts of a round run: the ablations say what each part contributes.
 RECIPES = {
@@ -39,6 +41,24 @@ RECIPES = {
     "warm-start-only": {"iterations": 0},
     "dpo-heavy": {"preference_steps": 8, "preference_batch": 8},
 }
+
+
+def with_overrides(training: TrainingConfig, assignments: list[str]) -> TrainingConfig:
+    """`section.field=value` strings applied to the config (values typed like the field)."""
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        section, _, name = key.partition(".")
+        part = getattr(training, section, None)
+        if not is_dataclass(part) or name not in {f.name for f in fields(part)}:
+            raise ValueError(f"--set {assignment!r}: no setting {key!r}")
+        current = getattr(part, name)
+        typed = (
+            value.lower() in ("1", "true", "yes")
+            if isinstance(current, bool)
+            else (int(value) if current is None else type(current)(value))
+        )
+        training = replace(training, **{section: replace(part, **{name: typed})})
+    return training
 
 
 def words(text: str) -> int:
@@ -99,6 +119,18 @@ def clicks(pref: Preference, a: Sample, b: Sample, rng: random.Random) -> tuple[
     return winner, thumb_a, thumb_b
 
 
+def text_quality(samples: list[Sample]) -> dict:
+    """Is the text still text? Length, repetition within and sameness across replies (the
+    gate's own measures), and the first few replies to read."""
+    stats = text_stats([s.text for s in samples], [s.finished for s in samples])
+    return {
+        "mean_words": statistics.mean(words(s.text) for s in samples),
+        "repetition": stats.repetition,
+        "sameness": stats.sameness,
+        "examples": [s.text for s in samples[:EXAMPLES]],
+    }
+
+
 def as_sample(text: str, ended: bool) -> Sample:
     return Sample([], text, ended)
 
@@ -131,6 +163,13 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", choices=list(RECIPES), default="full")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one training setting, e.g. round.samples_per_prompt=8 (repeatable)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "personalize.json"))
     opts = parser.parse_args(options)
     names = opts.users.split(",")
@@ -142,6 +181,10 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     shutil.rmtree(data, ignore_errors=True)
     cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
     training = TrainingConfig(round=replace(RoundConfig(), **RECIPES[opts.recipe]))
+    try:
+        training = with_overrides(training, opts.set)
+    except ValueError as e:
+        parser.error(str(e))
     asst = Assistant.open(
         data,
         model=args.model,
@@ -199,11 +242,13 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 )
     feedback_seconds = time.monotonic() - started
 
-    base = rates(evaluate(asst, PROBE, prompts["heldout"], opts.eval_repeats, gen, opts.batch))
-    adapted = {
-        n: rates(evaluate(asst, n, prompts["heldout"], opts.eval_repeats, gen, opts.batch))
-        for n in names
+    replies = {
+        n: evaluate(asst, n, prompts["heldout"], opts.eval_repeats, gen, opts.batch)
+        for n in [PROBE, *names]
     }
+    base = rates(replies[PROBE])
+    adapted = {n: rates(replies[n]) for n in names}
+    quality = {("base" if n == PROBE else n): text_quality(r) for n, r in replies.items()}
     rows = []
     for n in names:
         # concise-noisy shares concise's taste: its adapter going concise is not drift
@@ -220,13 +265,15 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 "max_drift_of_others": drift,
                 "reward_head_accuracy": last.get("heldout_accuracy"),
                 "kl": live[-1]["kl"] if live else 0.0,
+                "mean_words": quality[n]["mean_words"],
+                "sameness": quality[n]["sameness"],
                 "rounds": len(reports[n]),
                 "accepted": sum(r["accepted"] for r in reports[n]),
                 "train_seconds": round(train_seconds[n], 1),
             }
         )
     print_table(rows)
-    print(markdown_table(rows))
+    print(markdown_table(rows, quality["base"]["mean_words"], quality["base"]["sameness"]))
     result = {
         "command": "attune bench personalize " + " ".join(options),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
@@ -236,6 +283,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         "held_out_samples_per_model": len(prompts["heldout"]) * opts.eval_repeats,
         "base_rates": base,
         "adapted_rates": adapted,
+        "text_quality": quality,
         "rows": rows,
         "rounds": reports,
         "feedback_and_training_seconds": round(feedback_seconds, 1),
@@ -277,12 +325,14 @@ ROUND_KEYS = (
 )
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], base_words: float, base_sameness: float) -> str:
     """The README's table, straight from the result rows."""
     lines = [
         "| user | base rate | adapted rate | gain | max drift of other users' adapters "
-        "| reward-head accuracy | KL (nats/reply) | accepted / rounds | training s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| reward-head accuracy | KL (nats/reply) "
+        f"| words / sameness (base {base_words:.0f} / {base_sameness:.2f}) "
+        "| accepted / rounds | training s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = r["reward_head_accuracy"]
@@ -290,7 +340,8 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['user']} | {r['base_rate']:.2f} | {r['adapted_rate']:.2f} | {r['gain']:+.2f} "
             f"| {r['max_drift_of_others']:+.2f} | {'-' if acc is None else f'{acc:.2f}'} "
-            f"| {'-' if kl is None else f'{kl:.1f}'} | {r['accepted']} / {r['rounds']} "
+            f"| {'-' if kl is None else f'{kl:.1f}'} "
+            f"| {r['mean_words']:.0f} / {r['sameness']:.2f} | {r['accepted']} / {r['rounds']} "
             f"| {r['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -299,7 +350,7 @@ def markdown_table(rows: list[dict]) -> str:
 def print_table(rows: list[dict]) -> None:
     print(
         f"{'user':<15}{'base':>7}{'adapted':>9}{'gain':>7}{'drift':>7}{'rm acc':>8}{'KL':>7}"
-        f"{'acc/rounds':>11}{'train s':>9}"
+        f"{'words':>7}{'same':>6}{'acc/rounds':>11}{'train s':>9}"
     )
     for r in rows:
         acc = r["reward_head_accuracy"]
@@ -307,6 +358,7 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"{r['user']:<15}{r['base_rate']:>7.2f}{r['adapted_rate']:>9.2f}{r['gain']:>+7.2f}"
             f"{r['max_drift_of_others']:>+7.2f}{acc if acc is not None else float('nan'):>8.2f}"
-            f"{kl if kl is not None else float('nan'):>7.1f}{r['accepted']:>6}/{r['rounds']:<4}"
+            f"{kl if kl is not None else float('nan'):>7.1f}{r['mean_words']:>7.0f}"
+            f"{r['sameness']:>6.2f}{r['accepted']:>6}/{r['rounds']:<4}"
             f"{r['train_seconds']:>9.0f}"
         )

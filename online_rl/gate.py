@@ -18,9 +18,13 @@ class GateConfig:
     min_reward_gain: candidate mean reward minus live mean reward must exceed this (in the
         reward head's normalised units).
     kl_budget: mean KL(candidate || base) per held-out reply, in nats, summed over tokens.
+    kl_per_token_budget: the same KL per reply token: a few-token stock reply far from the
+        base stays under `kl_budget` in total but not under this.
     max_empty_share: share of empty replies allowed...
     max_truncated_share: ...of replies cut off at the token limit ("always truncated")...
-    max_repetition: ...and mean share of repeated word 3-grams; each limit is raised to the
+    max_repetition: ...mean share of repeated word 3-grams within a reply...
+    max_sameness: ...and share of word 2-grams repeated across the replies to different prompts
+        (one stock reply for everything); each limit is raised to the
         live version's own value + `slack`, so a candidate is never rejected for being as
         degenerate as what users already get, only for being worse.
     """
@@ -30,6 +34,8 @@ class GateConfig:
     max_empty_share: float = 0.2
     max_truncated_share: float = 0.95
     max_repetition: float = 0.3
+    max_sameness: float = 0.35
+    kl_per_token_budget: float = 0.5
     slack: float = 0.15
 
 
@@ -38,6 +44,7 @@ class TextStats:
     empty_share: float
     truncated_share: float
     repetition: float  # mean over replies of 1 - distinct 3-grams / 3-grams
+    sameness: float  # 1 - distinct word 2-grams / 2-grams, pooled over all replies
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -49,12 +56,22 @@ def repetition(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
+def sameness(texts: Sequence[str]) -> float:
+    """How alike replies to different prompts are: the share of word 2-grams, pooled over all
+    replies, that repeat one seen before (one stock phrase for every prompt scores near 1)."""
+    grams = [g for t in texts for g in zip(t.split(), t.split()[1:], strict=False)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
 def text_stats(texts: Sequence[str], finished: Sequence[bool]) -> TextStats:
     count = max(1, len(texts))
     return TextStats(
         empty_share=sum(not t.strip() for t in texts) / count,
         truncated_share=sum(not f for f in finished) / count,
         repetition=sum(repetition(t) for t in texts) / count,
+        sameness=sameness(texts),
     )
 
 
@@ -68,6 +85,7 @@ def decide(
     candidate_reward: float,
     live_reward: float,
     kl: float,
+    kl_per_token: float,
     candidate: TextStats,
     live: TextStats,
     c: GateConfig,
@@ -82,6 +100,7 @@ def decide(
             c.max_truncated_share,
         ),
         ("repetition", candidate.repetition, live.repetition, c.max_repetition),
+        ("sameness across prompts", candidate.sameness, live.sameness, c.max_sameness),
     )
     for what, value, live_value, limit in checks:
         allowed = max(limit, live_value + c.slack)
@@ -89,6 +108,12 @@ def decide(
             return Decision(False, f"degenerate: {what} {value:.2f} > {allowed:.2f} allowed")
     if kl > c.kl_budget:
         return Decision(False, f"KL to the base {kl:.1f} nats > budget {c.kl_budget:.1f}")
+    if kl_per_token > c.kl_per_token_budget:
+        return Decision(
+            False,
+            f"KL to the base {kl_per_token:.2f} nats per token > budget "
+            f"{c.kl_per_token_budget:.2f}",
+        )
     gain = candidate_reward - live_reward
     if gain <= c.min_reward_gain:
         return Decision(

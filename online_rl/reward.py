@@ -246,6 +246,11 @@ class UserReward:
         z = self.standardizer(x)
         return self.population_weight * self.population(z) + self.user(z)
 
+    @torch.no_grad()
+    def liked(self, x: torch.Tensor) -> torch.Tensor:
+        """Whether the user would thumb these replies up: score above the learned threshold c."""
+        return self.score(x) > self.user.threshold
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to score again later (saved beside the user's adapter)."""
         return {

@@ -72,10 +72,23 @@ class RoundConfig:
         on the user's most recent `preference_pairs` A/B choices (same learning rate).
     iterations: PPO iterations at most (each: rollouts, one PPO update, distillation).
     rollout_prompts, samples_per_prompt: rollouts per iteration = their product.
-    distill_steps: supervised steps on the best sample of each prompt, per iteration.
+    distill_steps: supervised steps per iteration on rollout samples the reward head predicts
+        the user would like (score above its thumbs threshold), this iteration's first, then
+        earlier ones from the pool that the current head still likes (sft_batch at most).
+    ranked_preference_steps: DPO steps on (best, worst) sample of each prompt as the reward
+        head ranks them, per iteration (online DPO: a preference even when no sample is good).
+    liked_pool: how many liked rollout samples a user's pool keeps (the newest) for later
+        rounds' distillation (in memory; a restart starts it empty).
+    ranked_pair_margin: a prompt's (best, worst) becomes a pair only if their shaped scores
+        differ by this much (normalised units), so near-ties teach nothing.
+    ranked_nll_weight: the chosen sample's cross-entropy added to the ranked pairs' DPO loss
+        (RPO): it anchors the update to text the policy itself wrote. Not used on the user's
+        A/B pairs, whose winner may only be the lesser of two bad replies.
     ppo: run the PPO update on the rollouts (off: best-of-n distillation alone; for ablations).
     gate_replies: held-out replies per model at the gate (cycling through the held-out
         prompts; candidate and live use the same seeds, so their difference is less noisy).
+    gate_seed: the k-th gate reply to a held-out prompt uses seed gate_seed + k (fixed, so the
+        live version's replies are generated once and reused while it stays live).
     seed: fixes the round's sampling (None: a fresh seed each round).
     """
 
@@ -94,8 +107,13 @@ class RoundConfig:
     rollout_prompts: int = 2
     samples_per_prompt: int = 4
     distill_steps: int = 1
+    ranked_preference_steps: int = 0
+    liked_pool: int = 64
+    ranked_pair_margin: float = 1.0
+    ranked_nll_weight: float = 1.0
     ppo: bool = True
     gate_replies: int = 10
+    gate_seed: int = 7
     seed: int | None = None
 
 
@@ -147,6 +165,15 @@ class Trainer:
         self.config = config
         self._policy: TrainablePolicy | None = None
         self._lock = threading.Lock()
+        # The base is frozen and versions are immutable, so both caches stay valid:
+        # a stored reply's base log-prob (DPO's reference), keyed by message id ...
+        self._reference_logprobs: dict[str, float] = {}
+        # ... and a version's gate replies, keyed by (user, version, prompt, seed): the live
+        # version's side of the gate is generated once, as the candidate it was.
+        self._gate_replies: dict[tuple, tuple[list[int], bool]] = {}
+        # per user: rollout samples the reward head said the user would like, with their
+        # features, so later rounds can re-judge them with the newer head and imitate them again
+        self._liked_pool: dict[str, list[tuple[Example, torch.Tensor]]] = {}
 
     @property
     def policy(self) -> TrainablePolicy:
@@ -299,6 +326,55 @@ class Trainer:
             ]
         )
 
+    def _reference(
+        self, pairs: list[tuple[records.Row, records.Row]], side: int, examples: list[Example]
+    ) -> torch.Tensor:
+        """Base log-probs of one side of the preference pairs, computed once per message."""
+        ids = [pair[side]["id"] for pair in pairs]
+        missing = [i for i, m in enumerate(ids) if m not in self._reference_logprobs]
+        if missing:
+            with torch.no_grad(), self.policy.base_only():
+                fresh = self._sequence_logprobs([examples[i] for i in missing])
+            for i, value in zip(missing, fresh.tolist(), strict=True):
+                self._reference_logprobs[ids[i]] = value
+        return torch.tensor([self._reference_logprobs[m] for m in ids])
+
+    def _gate_sample(
+        self, user_id: str, live_version: int, prompts: list[list[int]], seeds: list[int]
+    ) -> tuple[list[list[int]], list[bool]]:
+        """Candidate replies then live replies to the gate prompts; live's from the cache
+        when it answered them before (as a candidate, or in an earlier round)."""
+        live_keys = [
+            (user_id, live_version, tuple(p), s) for p, s in zip(prompts, seeds, strict=True)
+        ]
+        missing = [i for i, k in enumerate(live_keys) if k not in self._gate_replies]
+        n = len(prompts)
+        replies, finished = self._sample(
+            prompts + [prompts[i] for i in missing],
+            [TRAINABLE] * n + [self.policy.reference_name] * len(missing),
+            seeds + [seeds[i] for i in missing],
+        )
+        for j, i in enumerate(missing):
+            self._gate_replies[live_keys[i]] = (replies[n + j], finished[n + j])
+        live = [self._gate_replies[k] for k in live_keys]
+        return replies[:n] + [r for r, _ in live], finished[:n] + [e for _, e in live]
+
+    def _remember_gate(
+        self,
+        user_id: str,
+        keep: set[int],
+        version: int,
+        prompts: list[list[int]],
+        seeds: list[int],
+        replies: list[list[int]],
+        finished: list[bool],
+    ) -> None:
+        """Store the candidate's gate replies under its version; forget the user's others."""
+        for key in [k for k in self._gate_replies if k[0] == user_id and k[1] not in keep]:
+            del self._gate_replies[key]
+        for p, s, r, e in zip(prompts, seeds, replies, finished, strict=True):
+            self._gate_replies[(user_id, version, tuple(p), s)] = (r, e)
+
     def _base_pass(self, prompts: list[list[int]], replies: list[list[int]]):
         """Reference log-probs and reward features: one pass of the base (adapters off)."""
         base = self.assistant.base
@@ -422,9 +498,8 @@ class Trainer:
         if pairs and rc.preference_steps:
             chosen_all = [self._example(w) for w, _ in pairs]
             rejected_all = [self._example(lo) for _, lo in pairs]
-            with torch.no_grad(), policy.base_only():
-                ref_chosen = self._sequence_logprobs(chosen_all)
-                ref_rejected = self._sequence_logprobs(rejected_all)
+            ref_chosen = self._reference(pairs, 0, chosen_all)
+            ref_rejected = self._reference(pairs, 1, rejected_all)
             for _step in range(rc.preference_steps):
                 rows = rng.sample(range(len(pairs)), min(len(pairs), rc.preference_batch))
                 loss, accuracy = preference_step(
@@ -444,6 +519,8 @@ class Trainer:
         # 3. rollouts -> PPO -> best-of-n distillation ----------------------------------------
         ppo_stats: list[dict[str, float]] = []
         distill_losses: list[float] = []
+        ranked_pair_losses: list[float] = []
+        distill_examples = 0
         for _iteration in range(rc.iterations):
             if time.monotonic() - started > rc.max_seconds:
                 break
@@ -464,46 +541,90 @@ class Trainer:
                 kl_coef = adaptive_kl_coef(kl_coef, stats["kl"], len(prompts), cfg.ppo)
             lap("ppo", add=True)
 
-            # best-of-n: the reward head (with the cut-off penalty) picks each prompt's best
+            # best-of-n: samples the reward head says the user would like are demonstrations
+            # (kept in the user's pool, re-judged each round); each prompt's (best, worst) as
+            # the head ranks them (with the cut-off penalty) is a DPO pair, liked or not
             ranked = shaped_scores(scores, ended, cfg.ppo)
-            best = []
+            features = ref.features.cpu()
+            liked = user_reward.liked(features)
+            fresh = [i for i in range(len(prompts)) if liked[i]]
+            pool = self._liked_pool.setdefault(user_id, [])
+            earlier = []
+            if pool:
+                still_liked = user_reward.liked(torch.stack([f for _, f in pool]))
+                earlier = [e for (e, _), ok in zip(pool, still_liked, strict=True) if ok]
+            pool.extend((Example(prompts[i], replies_ids[i]), features[i]) for i in fresh)
+            del pool[: -rc.liked_pool]
+            best = [Example(prompts[i], replies_ids[i]) for i in fresh][: rc.sft_batch]
+            best += rng.sample(earlier, min(len(earlier), rc.sft_batch - len(best)))
+            ranked_pairs = []
             for group in range(rc.rollout_prompts):
                 rows = list(
                     range(group * rc.samples_per_prompt, (group + 1) * rc.samples_per_prompt)
                 )
                 top = max(rows, key=lambda r: ranked[r].item())
-                if ranked[top] > ranked[rows].mean():
-                    best.append(Example(prompts[top], replies_ids[top]))
+                bottom = min(rows, key=lambda r: ranked[r].item())
+                if ranked[top] - ranked[bottom] >= rc.ranked_pair_margin:
+                    ranked_pairs.append(
+                        (
+                            Example(prompts[top], replies_ids[top]),
+                            Example(prompts[bottom], replies_ids[bottom]),
+                        )
+                    )
             for _ in range(rc.distill_steps if best else 0):
                 distill_losses.append(
                     supervised_step(
                         policy.peft, sft_optimizer, self._batch(best), cfg.ppo.max_grad_norm
                     )
                 )
+            distill_examples += len(best)
+            if ranked_pairs and rc.ranked_preference_steps:
+                chosen = [w for w, _ in ranked_pairs]
+                rejected = [lo for _, lo in ranked_pairs]
+                with torch.no_grad(), policy.base_only():
+                    ref_chosen = self._sequence_logprobs(chosen)
+                    ref_rejected = self._sequence_logprobs(rejected)
+                for _ in range(rc.ranked_preference_steps):
+                    loss, _accuracy = preference_step(
+                        policy.peft,
+                        sft_optimizer,
+                        self._batch(chosen),
+                        self._batch(rejected),
+                        ref_chosen,
+                        ref_rejected,
+                        rc.preference_beta,
+                        cfg.ppo.max_grad_norm,
+                        rc.ranked_nll_weight,
+                    )
+                    ranked_pair_losses.append(loss)
             lap("distill", add=True)
 
         # 4. the gate: candidate vs live on held-out prompts ------------------------------------
         gate_prompts = [heldout_prompts[i % len(heldout_prompts)] for i in range(rc.gate_replies)]
         n = len(gate_prompts)
-        seeds = [rng.randrange(2**31) for _ in gate_prompts]
-        replies_ids, finished = self._sample(
-            gate_prompts + gate_prompts,
-            [TRAINABLE] * n + [policy.reference_name] * n,
-            seeds + seeds,
-        )
+        # fixed seeds (the k-th reply to a prompt uses gate_seed + k): paired with live, and
+        # live's replies stay reusable while the held-out set grows
+        seeds = [rc.gate_seed + i // len(heldout_prompts) for i in range(n)]
+        # the gate's "live" side is what start_from loaded: the live version, else the base
+        reference_version = live_version if policy.has_live else 0
+        replies_ids, finished = self._gate_sample(user_id, reference_version, gate_prompts, seeds)
         batch, ref = self._base_pass(gate_prompts + gate_prompts, replies_ids)
         gate_scores = normalised(ref.features.cpu())
         candidate_batch = batch.rows(slice(0, n))
         with torch.no_grad():
             candidate = forward_batch(policy.peft, candidate_batch, cfg.ppo.temperature)
         mask = candidate_batch.response_mask.float()
-        kl = ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1).mean().item()
+        kl_sums = ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1)
+        kl = kl_sums.mean().item()
+        kl_per_token = kl_sums.sum().item() / max(1.0, mask.sum().item())
         texts = [base.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies_ids]
         candidate_text = gate.text_stats(texts[:n], finished[:n])
         live_text = gate.text_stats(texts[n:], finished[n:])
         reward_after = gate_scores[:n].mean().item()
         reward_before = gate_scores[n:].mean().item()
-        decision = gate.decide(reward_after, reward_before, kl, candidate_text, live_text, cfg.gate)
+        decision = gate.decide(
+            reward_after, reward_before, kl, kl_per_token, candidate_text, live_text, cfg.gate
+        )
         lap("gate")
 
         # 5. write the candidate; make it live if accepted --------------------------------------
@@ -517,12 +638,22 @@ class Trainer:
             torch.save(user_reward.state_dict(), folder / REWARD_HEAD_FILE)
 
         path = adapter_files.write_version(asst.config.adapters_dir, user_id, version, write)
+        self._remember_gate(
+            user_id,
+            {reference_version, version},
+            version,
+            gate_prompts,
+            seeds,
+            replies_ids[:n],
+            finished[:n],
+        )
         metrics = {
             **counts,
             **reward_metrics,
             "reward_before": reward_before,
             "reward_after": reward_after,
             "kl": kl,
+            "kl_per_token": kl_per_token,
             "kl_coef": kl_coef,
             "sft_loss_first": sft_losses[0] if sft_losses else None,
             "sft_loss_last": sft_losses[-1] if sft_losses else None,
@@ -530,6 +661,10 @@ class Trainer:
             "preference_loss_last": preference_losses[-1] if preference_losses else None,
             "preference_accuracy_last": preference_accuracy[-1] if preference_accuracy else None,
             "distill_loss": sum(distill_losses) / len(distill_losses) if distill_losses else None,
+            "distill_examples": distill_examples,
+            "liked_pool": len(self._liked_pool.get(user_id, [])),
+            "ranked_pair_loss_first": ranked_pair_losses[0] if ranked_pair_losses else None,
+            "ranked_pair_loss_last": ranked_pair_losses[-1] if ranked_pair_losses else None,
             "ppo_iterations": len(ppo_stats),
             **{
                 f"ppo_{k}": sum(s[k] for s in ppo_stats) / len(ppo_stats)
@@ -537,6 +672,8 @@ class Trainer:
             },
             "candidate_truncated_share": candidate_text.truncated_share,
             "candidate_repetition": candidate_text.repetition,
+            "candidate_sameness": candidate_text.sameness,
+            "live_sameness": live_text.sameness,
             "live_truncated_share": live_text.truncated_share,
             "parent_version": live_version,
             **{f"seconds_{k}": v for k, v in seconds.items()},

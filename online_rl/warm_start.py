@@ -4,7 +4,8 @@
   the reply tokens;
 - A/B preferences: the DPO loss (Rafailov et al. 2023) against the base with adapters off,
   -log sigmoid(beta * [(log pi(w) - log ref(w)) - (log pi(l) - log ref(l))]), which uses what a
-  choice says — this one rather than that one — and not just which reply was kept.
+  choice says — this one rather than that one — and not just which reply was kept; optionally
+  plus the chosen reply's cross-entropy, which keeps the policy on text like the chosen one.
 """
 
 from __future__ import annotations
@@ -52,11 +53,20 @@ def preference_step(
     ref_rejected: torch.Tensor,
     beta: float,
     max_grad_norm: float,
+    nll_weight: float = 0.0,
 ) -> tuple[float, float]:
-    """One DPO step; returns (loss, share of pairs the policy already ranks right)."""
-    margin = (sequence_logprob(policy, chosen) - ref_chosen) - (
+    """One DPO step; returns (loss, share of pairs the policy already ranks right).
+
+    nll_weight adds the chosen replies' per-token cross-entropy (RPO, Pang et al. 2024): DPO
+    alone can lower both replies' likelihood and drift into text neither resembles.
+    """
+    chosen_out = forward_batch(policy, chosen, temperature=1.0)
+    chosen_mask = chosen.response_mask.float()
+    margin = ((chosen_out.logprobs * chosen_mask).sum(-1) - ref_chosen) - (
         sequence_logprob(policy, rejected) - ref_rejected
     )
     loss = -F.logsigmoid(beta * margin).mean()
+    if nll_weight:
+        loss = loss - nll_weight * masked_mean(chosen_out.logprobs, chosen_mask)
     accuracy = (margin > 0).float().mean().item()
     return _step(optimizer, loss, max_grad_norm), accuracy

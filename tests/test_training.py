@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,14 @@ FAST = RoundConfig(
     gate_replies=2,
     seed=0,
 )
-OPEN_GATE = GateConfig(min_reward_gain=-1e9, kl_budget=1e9, max_truncated_share=1.0)
+OPEN_GATE = GateConfig(
+    min_reward_gain=-1e9,
+    kl_budget=1e9,
+    kl_per_token_budget=1e9,
+    max_truncated_share=1.0,
+    max_repetition=1.0,
+    max_sameness=1.0,
+)
 SHUT_GATE = GateConfig(min_reward_gain=1e9)
 
 
@@ -255,6 +263,7 @@ def test_trends_carry_the_reason_of_every_run(accepting: Assistant) -> None:
 
 KILLED_MID_WRITE = """
 import sys, time
+from dataclasses import replace
 from pathlib import Path
 from assistant import Assistant
 from online_rl.ppo import PPOConfig
@@ -310,3 +319,70 @@ def test_sigkill_during_the_adapter_write_leaves_the_live_version_serving(
         assert asst.trends("alice")[-1]["outcome"] == "failed"
         assert asst.chat("alice", "alive?", **SHORT).adapter_version == 1
         assert asst.train("alice").version == 2  # the next round carries on
+
+
+def test_the_gate_generates_the_live_versions_replies_once(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl.policy import LIVE, TRAINABLE
+
+    trainer = accepting.trainer
+    rows: list[list[str]] = []
+    sample = trainer._sample
+
+    def spy(prompts, adapter_names, seeds):
+        rows.append(list(adapter_names))
+        return sample(prompts, adapter_names, seeds)
+
+    monkeypatch.setattr(trainer, "_sample", spy)
+    give_feedback(accepting, "alice")
+    assert accepting.train("alice").accepted
+    assert len(rows[-1]) == 2 * FAST.gate_replies  # the first gate: candidate and base
+    assert accepting.train("alice").accepted
+    # live is now version 1, whose gate replies were generated when it was the candidate
+    assert rows[-1] == [TRAINABLE] * FAST.gate_replies
+    uid = accepting.user("alice").id
+    cached = {k: v for k, v in trainer._gate_replies.items() if k[:2] == (uid, 1)}
+    assert len(cached) == FAST.gate_replies
+    prompts = [list(k[2]) for k in cached]
+    fresh, ended = sample(prompts, [LIVE] * len(prompts), [k[3] for k in cached])
+    assert [(r, e) for r, e in zip(fresh, ended, strict=True)] == list(cached.values())
+
+
+def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) -> None:
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    trainer = accepting.trainer
+    pairs = trainer._feedback(accepting.user("alice").id).preferences
+    assert {m["id"] for pair in pairs for m in pair} <= set(trainer._reference_logprobs)
+    winners = [trainer._example(w) for w, _ in pairs]
+    with torch.no_grad(), trainer.policy.base_only():
+        fresh = trainer._sequence_logprobs(winners)
+    cached = torch.tensor([trainer._reference_logprobs[w["id"]] for w, _ in pairs])
+    assert torch.allclose(fresh, cached, atol=1e-4)
+
+
+@pytest.mark.parametrize("liked", [True, False])
+def test_only_samples_the_user_would_like_are_imitated_and_pooled(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, liked: bool
+) -> None:
+    from online_rl import reward
+    from online_rl.ppo import PPOConfig
+
+    monkeypatch.setattr(reward.UserReward, "liked", lambda self, x: torch.full((len(x),), liked))
+    recipe = replace(FAST, ranked_preference_steps=1, ranked_pair_margin=0.0)
+    training = TrainingConfig(round=recipe, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        first = asst.train("alice").metrics
+        second = asst.train("alice").metrics
+    rollouts = FAST.rollout_prompts * FAST.samples_per_prompt
+    # ranked (best, worst) pairs are a DPO step whether or not anything is liked
+    assert first["ranked_pair_loss_first"] is not None
+    if liked:
+        assert first["liked_pool"] == rollouts and second["liked_pool"] == 2 * rollouts
+        assert first["distill_examples"] == rollouts and first["distill_loss"] is not None
+    else:
+        assert first["liked_pool"] == 0 and second["liked_pool"] == 0
+        assert first["distill_examples"] == 0 and first["distill_loss"] is None

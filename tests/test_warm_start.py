@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from online_rl.policy import TrainablePolicy, make_batch
+from online_rl.policy import TrainablePolicy, forward_batch, make_batch
 from online_rl.warm_start import preference_step, sequence_logprob, supervised_step
 
 CPU = torch.device("cpu")
@@ -63,3 +63,24 @@ def test_the_unrouted_fast_path_computes_what_peft_routing_computes(
     fast, both = fast.logits, routed.logits
     assert torch.allclose(fast[0], both[0], atol=1e-5)  # same adapter, same numbers
     assert not torch.allclose(both[0], both[1], atol=1e-3)  # and the adapter does matter
+
+
+def test_rpo_adds_the_chosen_replies_cross_entropy_to_the_dpo_loss(
+    policy: TrainablePolicy,
+) -> None:
+    chosen, rejected = make_batch(PROMPTS, WINNERS, 0, CPU), make_batch(PROMPTS, LOSERS, 0, CPU)
+    with torch.no_grad():
+        ref_chosen = sequence_logprob(policy.peft, chosen)
+        ref_rejected = sequence_logprob(policy.peft, rejected)
+        out = forward_batch(policy.peft, chosen, temperature=1.0)
+        mask = chosen.response_mask.float()
+        nll = -((out.logprobs * mask).sum() / mask.sum()).item()
+    frozen = torch.optim.SGD(policy.trainable_parameters(), lr=0.0)  # measure, do not move
+    dpo, _ = preference_step(
+        policy.peft, frozen, chosen, rejected, ref_chosen, ref_rejected, 0.1, 1.0
+    )
+    rpo, _ = preference_step(
+        policy.peft, frozen, chosen, rejected, ref_chosen, ref_rejected, 0.1, 1.0, 0.5
+    )
+    assert dpo == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-4)
+    assert rpo == pytest.approx(dpo + 0.5 * nll, abs=1e-4)
