@@ -1,6 +1,12 @@
 """The serving side of attune: the base model, generation, per-user adapters, the facade."""
 
-from assistant.config import AssistantConfig, ChatConfig, GenerationConfig, ModelConfig
+from assistant.config import (
+    MAX_TEMPERATURE,
+    AssistantConfig,
+    ChatConfig,
+    GenerationConfig,
+    ModelConfig,
+)
 from assistant.errors import (
     AlreadyChosen,
     AttuneError,
@@ -16,8 +22,10 @@ from assistant.errors import (
     UserExists,
 )
 from assistant.facade import Assistant, Delta, Pair, Reply, User
+from assistant.passwords import random_password
 
 __all__ = [
+    "MAX_TEMPERATURE",
     "AlreadyChosen",
     "Assistant",
     "AssistantConfig",
@@ -39,4 +47,5 @@ __all__ = [
     "UnknownUser",
     "User",
     "UserExists",
+    "random_password",
 ]

@@ -11,13 +11,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from assistant.config import DEFAULT_MODEL, AssistantConfig, ModelConfig
-from assistant.errors import AttuneError, NotAvailableYet
+from assistant.errors import AttuneError, InvalidInput, NotAvailableYet
 from assistant.facade import Assistant, Delta, Reply
-from ui.config import ServeConfig
+from assistant.passwords import random_password
 
 EXIT_ERROR = 1
 EXIT_NOT_YET = 3
 EXIT_NOT_ACCEPTED = 4  # `attune train`: the round ran, the candidate did not go live
+
+# `attune serve` flags that are ServeConfig fields of the same name; a flag left out keeps
+# ServeConfig's default, so the CLI needs no copy of them and imports ui/ only to serve
+SERVE_FIELDS = (
+    "host",
+    "port",
+    "max_message_chars",
+    "concurrency",
+    "max_new_tokens",
+    "temperature",
+    "refresh_seconds",
+)
 
 CHAT_HELP = """Type a message and press Enter. Commands:
   /up [reason]    thumbs up on the last reply      /down [reason]  thumbs down
@@ -49,20 +61,45 @@ def cmd_provision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(name: str, from_stdin: bool, ask: bool) -> str | None:
+    """The password from one line of stdin, or asked twice at the terminal, else None."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not ask:
+        return None
+    password = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != password:
+        raise InvalidInput("the two passwords differ; nothing was changed")
+    return password
+
+
 def cmd_user_add(args: argparse.Namespace) -> int:
+    """Create an account; without a password option one is generated and printed once, so
+    every account can sign in to the web app."""
     asst = _assistant(args)
     if args.if_missing and any(u.name == args.name for u in asst.users()):
         print(f"user {args.name} exists")
         return 0
-    password = None
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    elif args.password:
-        password = getpass.getpass(f"password for {args.name}: ")
+    password = _read_password(args.name, args.password_stdin, args.password)
+    generated = password is None
+    if generated:
+        password = random_password()
     user = asst.add_user(args.name, password=password, operator=args.operator)
     print(f"added {user.role} {user.name}")
-    if password is None:
-        print("(no password: this account cannot sign in to the web app; add one with --password)")
+    if generated:
+        print(f"password: {password}")
+        print("(shown only this once; stored hashed; change it with: attune user passwd NAME)")
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    """Set a new password (asked twice, or one line of stdin with --password-stdin)."""
+    asst = _assistant(args)
+    asst.user(args.name)  # an unknown name fails before the prompt
+    password = _read_password(args.name, args.password_stdin, ask=True)
+    assert password is not None  # from stdin or the prompt
+    asst.set_password(args.name, password)
+    print(f"password of {args.name} changed")
     return 0
 
 
@@ -80,11 +117,9 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The web app (ui/), with the background scheduler in this process."""
-    from ui.serve import serve  # imports gradio: only when serving
+    from ui.config import ServeConfig  # ui/ only when serving: assistant/ never needs it
 
     config = ServeConfig(
-        host=args.host,
-        port=args.port,
         data_dir=Path(args.data_dir),
         model=ModelConfig(
             name=args.model,
@@ -92,13 +127,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             device=args.device,
             cache_dir=Path(args.model_cache) if args.model_cache else None,
         ),
-        max_message_chars=args.max_message_chars,
-        concurrency=args.concurrency,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
         background=args.training,
         demo_accounts=args.demo_accounts,
-    )
+        **{name: getattr(args, name) for name in SERVE_FIELDS if hasattr(args, name)},
+    )  # checked before gradio and the model load: a bad setting stops here, readably
+    from ui.serve import serve  # imports gradio
+
     return serve(config)
 
 
@@ -233,33 +267,38 @@ def parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
-    web = ServeConfig()  # the web app's defaults, shown in --help
-    serve = add("serve", cmd_serve, "start the web app with background training")
-    serve.add_argument("--host", default=web.host, help="default: %(default)s")
-    serve.add_argument("--port", type=int, default=web.port, help="default: %(default)s")
-    serve.add_argument(
-        "--max-message-chars",
-        type=int,
-        default=web.max_message_chars,
-        help="longer chat messages are refused (default: %(default)s)",
+    serve = add(
+        "serve",
+        cmd_serve,
+        "start the web app with background training",
+        argument_default=argparse.SUPPRESS,  # a flag left out keeps ui.config.ServeConfig's
+        epilog="A flag left out keeps its default from ui.config.ServeConfig (listed in the "
+        "README's Configuration table).",
     )
+    serve.add_argument("--host", help="where it listens")
+    serve.add_argument("--port", type=int)
     serve.add_argument(
-        "--concurrency",
-        type=int,
-        default=web.concurrency,
-        help="replies generated at once; the rest queue (default: %(default)s)",
+        "--max-message-chars", type=int, help="longer chat messages are refused, nothing stored"
     )
-    serve.add_argument("--max-new-tokens", type=int, default=web.max_new_tokens)
-    serve.add_argument("--temperature", type=float, default=web.temperature)
+    serve.add_argument("--concurrency", type=int, help="replies generated at once; the rest queue")
+    serve.add_argument("--max-new-tokens", type=int, help="reply length in tokens")
+    serve.add_argument("--temperature", type=float, help="sampling temperature (above 0)")
+    serve.add_argument(
+        "--refresh-seconds",
+        type=float,
+        help="how often the 'Your assistant' panel and the operator dashboard refresh",
+    )
     serve.add_argument(
         "--no-training",
         dest="training",
         action="store_false",
+        default=True,
         help="do not run the background training scheduler",
     )
     serve.add_argument(
         "--demo-accounts",
         action="store_true",
+        default=False,
         help="on an empty database, create a demo user and an operator and print their "
         "passwords once (make run does)",
     )
@@ -278,15 +317,32 @@ def parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="manage accounts", description="manage accounts")
     user_sub = user.add_subparsers(dest="user_command", required=True)
-    user_add = user_sub.add_parser("add", parents=[common], help="create an account")
+    user_add = user_sub.add_parser(
+        "add",
+        parents=[common],
+        help="create an account",
+        description="Create an account. Without --password or --password-stdin a random "
+        "password is generated and printed once.",
+    )
     user_add.add_argument("name")
     user_add.add_argument("--operator", action="store_true", help="may see the operator dashboard")
-    user_add.add_argument("--password", action="store_true", help="ask for a password")
+    user_add.add_argument("--password", action="store_true", help="ask for a password (twice)")
     user_add.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
     user_add.add_argument("--if-missing", action="store_true", help="succeed quietly if it exists")
     user_add.set_defaults(run=cmd_user_add)
+    user_passwd = user_sub.add_parser(
+        "passwd",
+        parents=[common],
+        help="set a new password (asked twice)",
+        description="Set a new password for an account (asked twice at the terminal).",
+    )
+    user_passwd.add_argument("name")
+    user_passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin instead"
+    )
+    user_passwd.set_defaults(run=cmd_user_passwd)
     user_sub.add_parser("list", parents=[common], help="list accounts").set_defaults(
         run=cmd_user_list
     )

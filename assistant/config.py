@@ -16,6 +16,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 
 Quantize = Literal["auto", "none", "4bit"]
 Device = Literal["auto", "cpu", "cuda"]
+MAX_TEMPERATURE = 5.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,10 @@ class GenerationConfig:
             raise InvalidInput("temperature must be a number")
         if not isinstance(self.top_p, int | float) or isinstance(self.top_p, bool):
             raise InvalidInput("top_p must be a number")
-        if not 0.0 <= self.temperature <= 5.0:
-            raise InvalidInput(f"temperature must be in [0, 5], not {self.temperature}")
+        if not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise InvalidInput(
+                f"temperature must be in [0, {MAX_TEMPERATURE:g}], not {self.temperature}"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidInput(f"top_p must be in (0, 1], not {self.top_p}")
         if self.seed is not None and (

@@ -36,7 +36,7 @@ from assistant.errors import (
     UnknownUser,
     UserExists,
 )
-from assistant.passwords import hash_password, verify_password
+from assistant.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
 from storage import adapters as adapter_files
 from storage import export as feedback_export
 from storage import records
@@ -90,6 +90,11 @@ class Delta:
 
 def _user(row: records.Row) -> User:
     return User(row["id"], row["name"], row["role"], row["created"])
+
+
+def _check_password(password: Any) -> None:
+    if not isinstance(password, str) or len(password) < MIN_PASSWORD_CHARS:
+        raise InvalidInput(f"password must be text of at least {MIN_PASSWORD_CHARS} characters")
 
 
 def clean_text(text: Any, what: str, limit: int) -> str:
@@ -231,8 +236,8 @@ class Assistant:
             or not set(name) <= USER_NAME_CHARS
         ):
             raise InvalidInput(f"user name must be 1-{MAX_USER_NAME} letters, digits or _ . - @")
-        if password is not None and (not isinstance(password, str) or len(password) < 8):
-            raise InvalidInput("password must be text of at least 8 characters")
+        if password is not None:
+            _check_password(password)
         db = self.store.db
         if records.get_user(db, name) is not None:
             raise UserExists(f"user {name!r} exists already")
@@ -243,6 +248,13 @@ class Assistant:
             "operator" if operator else "user",
         )
         return _user(row)
+
+    def set_password(self, name: str, password: str) -> None:
+        """Give an existing account a new password (also the way to sign in to one created
+        without a password); only its scrypt hash is stored."""
+        user = self.user(name)
+        _check_password(password)
+        records.set_password_hash(self.store.db, user.id, hash_password(password))
 
     def users(self) -> list[User]:
         return [_user(r) for r in records.list_users(self.store.db)]

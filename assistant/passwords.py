@@ -15,6 +15,13 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 SALT_BYTES = 16
 HASH_BYTES = 32
+MIN_PASSWORD_CHARS = 8
+GENERATED_PASSWORD_BYTES = 12  # token_urlsafe(12): 16 characters, 96 random bits
+
+
+def random_password() -> str:
+    """A password for an account created without one, printed once: nobody has to invent it."""
+    return secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
 
 
 def hash_password(password: str) -> str:

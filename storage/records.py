@@ -62,6 +62,10 @@ def get_user(db: Database, name: str) -> Row | None:
     return _first(db, "select * from users where name = ?", [name])
 
 
+def set_password_hash(db: Database, user_id: str, password_hash: str) -> None:
+    db["users"].update(user_id, {"password_hash": password_hash})
+
+
 def list_users(db: Database) -> list[Row]:
     return list(db.query("select * from users order by created"))
 

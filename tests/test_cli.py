@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from assistant import Assistant, AssistantConfig
 from assistant.cli import EXIT_ERROR, EXIT_NOT_ACCEPTED, EXIT_NOT_YET, main, parser
+
+PRINTED_PASSWORD = re.compile(r"^password: (\S+)$", re.MULTILINE)
 
 SUBCOMMANDS = [
     ["serve"],
     ["chat"],
     ["user"],
     ["user", "add"],
+    ["user", "passwd"],
     ["user", "list"],
     ["user", "delete"],
     ["train"],
@@ -49,7 +55,7 @@ def test_user_management(
     assert main(["user", "add", "dana", "--if-missing", *data]) == 0
     assert main(["user", "add", "dana", *data]) == 1  # exists: a clear error, not a traceback
     assert "exists already" in capsys.readouterr().err
-    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("s3cret-password\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-password\n"))
     assert main(["user", "add", "otto", "--operator", "--password-stdin", *data]) == 0
     capsys.readouterr()
     assert main(["user", "list", *data]) == 0
@@ -60,10 +66,89 @@ def test_user_management(
     assert "no user named" in capsys.readouterr().err
 
 
+def signs_in(data_dir: Path, name: str, password: str) -> bool:
+    with Assistant(AssistantConfig(data_dir=data_dir)) as asst:  # no model needed
+        return asst.authenticate(name, password) is not None
+
+
+def test_an_account_added_without_a_password_gets_one_printed_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["user", "add", "eve", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    (password,) = PRINTED_PASSWORD.findall(out)
+    assert "shown only this once" in out and "attune user passwd" in out
+    assert signs_in(tmp_path, "eve", password)
+
+
+def test_passwd_sets_a_new_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    main(["user", "add", "hal", *data])
+    (first,) = PRINTED_PASSWORD.findall(capsys.readouterr().out)
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-new-password\n"))
+    assert main(["user", "passwd", "hal", "--password-stdin", *data]) == 0
+    assert "password of hal changed" in capsys.readouterr().out
+    assert signs_in(tmp_path, "hal", "a-new-password") and not signs_in(tmp_path, "hal", first)
+
+    typed = iter(["typed-password", "typed-password"])  # asked twice at the terminal
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(typed))
+    assert main(["user", "passwd", "hal", *data]) == 0
+    assert signs_in(tmp_path, "hal", "typed-password")
+
+    mistyped = iter(["one-password", "another-one"])
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": next(mistyped))
+    assert main(["user", "passwd", "hal", *data]) == EXIT_ERROR
+    assert "the two passwords differ" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["user", "passwd", "hal", "--password-stdin", *data]) == EXIT_ERROR
+    assert "at least 8 characters" in capsys.readouterr().err
+    assert signs_in(tmp_path, "hal", "typed-password")  # the refused ones changed nothing
+    assert main(["user", "passwd", "nobody", "--password-stdin", *data]) == EXIT_ERROR
+    assert "no user named 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--max-new-tokens", "2000"], "max_new_tokens must be at most"),
+        (["--temperature", "0"], "temperature must be above 0"),
+        (["--refresh-seconds", "0"], "refresh_seconds must be > 0"),
+    ],
+)
+def test_serve_refuses_bad_settings_before_it_starts(
+    flags: list[str],
+    says: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started = []
+    monkeypatch.setattr("ui.serve.serve", started.append)  # never serve for real here
+    assert main(["serve", *flags, "--data-dir", str(tmp_path)]) == EXIT_ERROR
+    assert says in capsys.readouterr().err and not started
+
+
+def test_serve_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui.config import ServeConfig
+
+    started: list[ServeConfig] = []
+    monkeypatch.setattr("ui.serve.serve", lambda config: started.append(config) or 0)
+    flags = ["--port", "8123", "--refresh-seconds", "9.5", "--no-training"]
+    assert main(["serve", *flags, "--data-dir", str(tmp_path)]) == 0
+    (config,) = started
+    assert (config.port, config.refresh_seconds, config.background) == (8123, 9.5, False)
+    assert config.max_new_tokens == ServeConfig().max_new_tokens  # left out: the default
+
+
+def test_the_core_cli_does_not_import_the_web_app() -> None:
+    probe = "import sys, assistant.cli; sys.exit(any(m.split('.')[0] == 'ui' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+
+
 def test_not_yet_landed_commands_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = ["--data-dir", str(tmp_path)]
-    main(["user", "add", "eve", *data])
-    assert "cannot sign in to the web app" in capsys.readouterr().out  # no password given
     assert main(["bench", "no-such-bench", *data]) == EXIT_NOT_YET
     assert "not implemented yet" in capsys.readouterr().err
 

@@ -1,10 +1,15 @@
 """The web app through `gradio_client`, launched on a free local port (tiny model, no
-scheduler): sign-in, user isolation, retraction, both-bad, bad input, queued requests."""
+scheduler): sign-in, user isolation, retraction, both-bad, bad input, queued requests; and the
+private endpoints, called the way the page calls them, refuse operator data to non-operators."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +20,16 @@ from assistant import Assistant
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, PASSWORDS, add_users, seed_runs, serving
+from ui.identity import NOT_OPERATOR
+
+OPERATOR_TAB = "operator"  # the Operator tab's id in ui/app.py
+NO_DATA = {"__type__", "visible", "active"}  # an update that only hides the tab or a timer
+PRIVATE_OPERATOR_EVENTS = {
+    "operator_on_timer",
+    "operator_after_rollback",
+    "operator_after_train",
+    "operator_first_view",
+}
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +158,68 @@ def test_operator_reads_trends_and_acts(app: tuple) -> None:
         olga.predict("alice", 0, api_name="/rollback")
     said = olga.predict("bob", api_name="/train_now")
     assert "not enough feedback" in said
+
+
+@contextmanager
+def signed_in_session(url: str, name: str) -> Iterator[httpx.Client]:
+    """An HTTP session with the sign-in cookie, as the browser holds it."""
+    with httpx.Client(base_url=url, timeout=60) as session:
+        answer = session.post("login", data={"username": name, "password": PASSWORDS[name]})
+        assert answer.status_code == 200, answer.text
+        yield session
+
+
+def operator_components(config: dict[str, Any]) -> set[int]:
+    """The ids of the Operator tab and everything in it, from the page's layout."""
+    tab = next(
+        c["id"]
+        for c in config["components"]
+        if c["type"] == "tabitem" and c["props"].get("id") == OPERATOR_TAB
+    )
+
+    def inside(node: dict[str, Any], found: bool) -> set[int]:
+        found = found or node["id"] == tab
+        ids = {node["id"]} if found else set()
+        for child in node.get("children", []):
+            ids |= inside(child, found)
+        return ids
+
+    return inside(config["layout"], False)
+
+
+def call_like_the_page(session: httpx.Client, fn_index: int, data: list[Any]) -> dict:
+    """Join the queue for one event by its index, as the page does (private events have no
+    api name for clients), and return the finished message."""
+    session_hash = uuid.uuid4().hex
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash}
+    joined = session.post("gradio_api/queue/join", json=body | {"event_data": None})
+    assert joined.status_code == 200, joined.text
+    params = {"session_hash": session_hash}
+    with session.stream("GET", "gradio_api/queue/data", params=params) as events:
+        for line in events.iter_lines():
+            message = json.loads(line.removeprefix("data:")) if line.startswith("data:") else {}
+            if message.get("msg") == "process_completed":
+                return message
+    raise AssertionError(f"event {fn_index} never completed")
+
+
+def test_no_event_gives_operator_data_to_a_non_operator(app: tuple) -> None:
+    """Every event that fills the Operator tab, private ones included, checks the role
+    server-side: called directly by a signed-in user it refuses or changes nothing."""
+    asst, url = app
+    with signed_in_session(url, "bob") as bob:
+        config = bob.get("config").json()
+        kinds = {c["id"]: c["type"] for c in config["components"]}
+        tab = operator_components(config)
+        events = [d for d in config["dependencies"] if set(d["outputs"]) & tab]
+        assert {d["api_name"] for d in events} >= PRIVATE_OPERATOR_EVENTS
+        before = row_counts(asst)
+        for event in events:
+            data = [0 if kinds[i] == "number" else "alice" for i in event["inputs"]]
+            done = call_like_the_page(bob, event["id"], data)
+            if done["success"]:
+                outputs = done["output"]["data"]
+                assert all(set(o) <= NO_DATA for o in outputs), (event["api_name"], outputs)
+            else:
+                assert done["output"]["error"] == NOT_OPERATOR, event["api_name"]
+        assert row_counts(asst) == before

@@ -3,8 +3,8 @@
 Sign in, send a message and watch the reply stream in, thumbs up, reload (the conversation
 and its thumb come back from storage), click the thumb again to retract it, an A/B choice,
 then sign in as an operator and see the trend plot. A screenshot per step goes to
-`<tmp_path>/screenshots` (`pytest -s` prints the folder; `pytest --basetemp=DIR` puts it at a
-fixed path for CI artifacts).
+`<tmp_path>/screenshots`, taken when the step ends, also when it fails (`pytest -s` prints the
+folder; `pytest --basetemp=DIR` puts it at a fixed path for CI artifacts).
 
 Never a downloaded browser: `executable_path` is the system Chromium, which `make test`
 installs with apt. Without it this test fails, loudly: it is never skipped.
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,86 +95,120 @@ def sign_in(browser, url: str, name: str):
     return page
 
 
+class Screenshots:
+    """One screenshot per step, taken when the step ends, also when it fails: the picture of
+    a failing step is the one that explains it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.page: Any = None  # the page the next screenshot is of
+
+    @contextmanager
+    def step(self, name: str, full_page: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.take(name, full_page, best_effort=True)
+            raise
+        self.take(name, full_page, best_effort=False)
+
+    def take(self, name: str, full_page: bool, best_effort: bool) -> None:
+        from playwright.sync_api import Error as PlaywrightError
+
+        if self.page is None or self.page.is_closed():
+            return
+        try:
+            self.page.screenshot(path=self.folder / f"{name}.png", full_page=full_page)
+        except PlaywrightError:
+            if not best_effort:  # after a failure, the failure is what gets reported
+                raise
+
+
 def test_sign_in_chat_thumbs_choice_and_operator_plot(
     app: tuple[Assistant, str], browser, tmp_path: Path
 ) -> None:
     asst, url = app
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
-    print(f"screenshots: {shots}")
+    shots = Screenshots(tmp_path / "screenshots")
+    shots.folder.mkdir()
+    print(f"screenshots: {shots.folder}")
+    operator_tab = "Operator"
 
-    page = sign_in(browser, url, "alice")
-    assert page.get_by_role("tab", name="Operator").count() == 0  # not an operator
-    page.screenshot(path=shots / "1-signed-in.png")
+    with shots.step("1-signed-in"):
+        page = shots.page = sign_in(browser, url, "alice")
+        assert page.get_by_role("tab", name=operator_tab).count() == 0  # not an operator
 
-    page.evaluate(WATCH_STREAM)
-    box = page.locator("#message textarea")
-    box.fill("Hello from a real browser")
-    box.press("Enter")
-    conversation = eventually(lambda: asst.conversations("alice"), "the stored reply")[0]["id"]
-    stored = asst.messages("alice", conversation)
-    reply = stored[-1]
-    page.wait_for_function(SHOWS_REPLY, arg=BOT_PREFIX + reply["text"])  # what was stored
-    snapshots = [s.removeprefix(BOT_PREFIX) for s in page.evaluate("window.__replySnapshots")]
-    print(f"the reply was drawn in {len(snapshots)} steps")
-    *partial, final = snapshots
-    assert final == reply["text"] and partial, snapshots  # it grew on screen before it was whole
-    assert all(reply["text"].startswith(p.rstrip()) for p in partial), snapshots
-    assert stored[0]["text"] == "Hello from a real browser"
-    page.screenshot(path=shots / "2-streamed-reply.png")
+    with shots.step("2-streamed-reply"):
+        page.evaluate(WATCH_STREAM)
+        box = page.locator("#message textarea")
+        box.fill("Hello from a real browser")
+        box.press("Enter")
+        conversation = eventually(lambda: asst.conversations("alice"), "the stored reply")[0]["id"]
+        stored = asst.messages("alice", conversation)
+        reply = stored[-1]
+        page.wait_for_function(SHOWS_REPLY, arg=BOT_PREFIX + reply["text"])  # what was stored
+        snapshots = [s.removeprefix(BOT_PREFIX) for s in page.evaluate("window.__replySnapshots")]
+        print(f"the reply was drawn in {len(snapshots)} steps")
+        *partial, final = snapshots
+        assert final == reply["text"] and partial, snapshots  # it grew on screen first
+        assert all(reply["text"].startswith(p.rstrip()) for p in partial), snapshots
+        assert stored[0]["text"] == "Hello from a real browser"
+        page.wait_for_function("() => document.querySelector('#message textarea').value === ''")
+        # every load event of the page has long finished: the tab stayed hidden
+        assert page.get_by_role("tab", name=operator_tab).count() == 0
 
-    page.locator("#chatbot").get_by_role("button", name="Like").last.click()
-    eventually(
-        lambda: (records.get_feedback(asst.store.db, reply["id"]) or {}).get("thumb") == 1,
-        "the thumbs up in storage",
-    )
-    page.locator("#assistant-panel").get_by_text("1 thumbs up").wait_for()
-    page.screenshot(path=shots / "3-thumbs-up.png")
-    page.reload()  # the conversation and its thumb come back from storage
-    page.wait_for_function(SHOWS_REPLY, arg=BOT_PREFIX + reply["text"])
-    page.locator("#chatbot").get_by_role("button", name="Like").last.click()  # again: retract
-    eventually(
-        lambda: records.get_feedback(asst.store.db, reply["id"])["thumb"] == 0,
-        "the retraction in storage",
-    )
-    page.locator("#assistant-panel").get_by_text("0 thumbs up").wait_for()
-    page.screenshot(path=shots / "4-reload-and-retract.png")
+    with shots.step("3-thumbs-up"):
+        page.locator("#chatbot").get_by_role("button", name="Like").last.click()
+        eventually(
+            lambda: (records.get_feedback(asst.store.db, reply["id"]) or {}).get("thumb") == 1,
+            "the thumbs up in storage",
+        )
+        page.locator("#assistant-panel").get_by_text("1 thumbs up").wait_for()
 
-    page.get_by_role("tab", name="Compare").click()
-    prompt = page.locator("#prompt textarea")
-    prompt.fill("Which answer is better?")
-    prompt.press("Enter")
-    choose_a = page.get_by_role("button", name="A is better")
-    choose_a.wait_for()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('button')]"
-        ".some(b => b.innerText.trim() === 'A is better' && !b.disabled)"
-    )
-    choose_a.click()
-    page.get_by_text("Saved: A is better").wait_for()
-    assert page.get_by_role("button", name="B is better").is_disabled()
-    pair = eventually(
-        lambda: next(
-            iter(
-                asst.store.db.query(
-                    "select * from pairs where user_id = ?", [asst.user("alice").id]
-                )
+    with shots.step("4-reload-and-retract"):
+        page.reload()  # the conversation and its thumb come back from storage
+        page.wait_for_function(SHOWS_REPLY, arg=BOT_PREFIX + reply["text"])
+        page.locator("#chatbot").get_by_role("button", name="Like").last.click()  # again
+        eventually(
+            lambda: records.get_feedback(asst.store.db, reply["id"])["thumb"] == 0,
+            "the retraction in storage",
+        )
+        page.locator("#assistant-panel").get_by_text("0 thumbs up").wait_for()
+
+    with shots.step("5-ab-choice"):
+        page.get_by_role("tab", name="Compare").click()
+        prompt = page.locator("#prompt textarea")
+        prompt.fill("Which answer is better?")
+        prompt.press("Enter")
+        choose_a = page.get_by_role("button", name="A is better")
+        choose_a.wait_for()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('button')]"
+            ".some(b => b.innerText.trim() === 'A is better' && !b.disabled)"
+        )
+        choose_a.click()
+        page.get_by_text("Saved: A is better").wait_for()
+        assert page.get_by_role("button", name="B is better").is_disabled()
+        pair = eventually(
+            lambda: next(
+                iter(
+                    asst.store.db.query(
+                        "select * from pairs where user_id = ?", [asst.user("alice").id]
+                    )
+                ),
+                None,
             ),
-            None,
-        ),
-        "the pair in storage",
-    )
-    assert pair["winner"] == "a"
-    page.screenshot(path=shots / "5-ab-choice.png")
+            "the pair in storage",
+        )
+        assert pair["winner"] == "a"
     page.close()
 
-    page = sign_in(browser, url, "olga")
-    page.get_by_role("tab", name="Operator").click()
-    plot = page.locator("#reward-plot")
-    plot.get_by_text("reward after (candidate)").first.wait_for()
-    plot.locator("canvas, svg").first.wait_for()
-    page.screenshot(path=shots / "6-operator-trend.png", full_page=True)
-    assert sorted(p.name for p in shots.iterdir()) == [
+    with shots.step("6-operator-trend", full_page=True):
+        page = shots.page = sign_in(browser, url, "olga")
+        page.get_by_role("tab", name=operator_tab).click()
+        plot = page.locator("#reward-plot")
+        plot.get_by_text("reward after (candidate)").first.wait_for()
+        plot.locator("canvas, svg").first.wait_for()
+    assert sorted(p.name for p in shots.folder.iterdir()) == [
         "1-signed-in.png",
         "2-streamed-reply.png",
         "3-thumbs-up.png",

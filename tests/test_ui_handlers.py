@@ -1,31 +1,47 @@
 """Web app handlers called directly, on the tiny model: thumbs through `gr.LikeData`, streaming,
-history from storage, bad input, A/B choices, the panel and the operator's role checks."""
+history from storage, bad input, A/B choices, the panel and the operator's role checks; and the
+built app's wiring (api names, cancelled streams, one message at a time per page)."""
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import pytest
+from gradio.blocks import BlocksConfig
 
-from assistant import Assistant, InvalidInput
+from assistant import Assistant, Delta, GenerationConfig, InvalidInput
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, add_users, as_user, seed_runs
 from ui import history
-from ui.chat import Chat, thumb_of
-from ui.compare import Compare
-from ui.config import ServeConfig
+from ui.app import build_app
+from ui.chat import NOT_ON_SCREEN, Chat, thumb_of
+from ui.compare import DECIDED_ALREADY, Compare
+from ui.config import MAX_NEW_TOKENS_LIMIT, ServeConfig
 from ui.errors import UNEXPECTED, readable_errors
+from ui.identity import NOT_OPERATOR, NOT_SIGNED_IN
 from ui.operator import Operator, metric_frame, reward_frame
 from ui.panel import describe
 from ui.serve import FIRST_ACCOUNTS, first_accounts
 
+SEED = 0  # every reply samples with this seed: the tiny model's replies, pieces and all, repeat
+
 
 @pytest.fixture
-def users(asst: Assistant) -> Assistant:
-    add_users(asst)
-    return asst
+def users(tmp_path: Path, tiny_model_dir: Path) -> Iterator[Assistant]:
+    with Assistant.open(
+        tmp_path / "data",
+        model=str(tiny_model_dir),
+        generation_defaults=GenerationConfig(seed=SEED),
+    ) as asst:
+        add_users(asst)
+        yield asst
 
 
 def chat_once(chat: Chat, user: str, text: str, conversation: str = "") -> dict:
@@ -34,8 +50,13 @@ def chat_once(chat: Chat, user: str, text: str, conversation: str = "") -> dict:
     return final[-1]
 
 
-def like(index: int, liked: bool | str) -> gr.LikeData:
-    return gr.LikeData(None, {"index": index, "value": ["whatever"], "liked": liked})
+def like(index: int, liked: bool | str, text: str) -> gr.LikeData:
+    """What the browser sends for a thumb on the message drawn as `text` at `index`."""
+    return gr.LikeData(None, {"index": index, "value": [text], "liked": liked})
+
+
+def is_skip(update: Any) -> bool:
+    return update == gr.skip()
 
 
 def test_streaming_grows_the_reply_then_shows_what_was_stored(users: Assistant) -> None:
@@ -46,14 +67,44 @@ def test_streaming_grows_the_reply_then_shows_what_was_stored(users: Assistant) 
         {"role": "user", "content": "hello there"},
         {"role": "assistant", "content": ""},
     ]
-    assert first[2] == ""  # the message box is cleared at once
+    assert is_skip(first[2])  # the message box keeps the text while the reply is written
     partial = [u[0][-1]["content"] for u in middle]
-    assert partial and all(b.startswith(a) for a, b in zip(partial, partial[1:], strict=False))
+    assert len(partial) >= 2, partial  # SEED streams in several pieces on the tiny model
+    assert all(
+        len(b) > len(a) and b.startswith(a) for a, b in zip(partial, partial[1:], strict=False)
+    )
+    assert all(is_skip(u[2]) for u in middle)
+    assert final[2] == ""  # cleared once the reply is stored
     reply = final[-1]
     stored = users.messages("alice", reply["conversation_id"])
     assert [m["text"] for m in stored] == ["hello there", reply["text"]]
     assert final[1] == reply["conversation_id"]
     assert final[0].feedback_value == [None]
+
+
+def broken_stream(*args: Any, **kwargs: Any) -> Iterator[Delta]:
+    """A reply that fails half-way (a bug, the database, the model)."""
+    yield Delta("half a rep")
+    raise RuntimeError("the model fell over")
+
+
+def test_a_failed_reply_keeps_the_message_and_shows_what_is_stored(
+    users: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = Chat(users, FAST)
+    reply = chat_once(chat, "alice", "first question")
+    monkeypatch.setattr(users, "chat_stream", broken_stream)
+    updates = []
+    with pytest.raises(gr.Error, match=re.escape(UNEXPECTED)):
+        for update in chat.send(
+            "a question worth keeping", reply["conversation_id"], as_user("alice")
+        ):
+            updates.append(update)
+    assert len(updates) >= 2  # the reply had started streaming
+    assert all(is_skip(u[2]) for u in updates)  # the message box was never cleared
+    back = updates[-1][0]  # the chat goes back to what is stored: the first exchange only
+    assert [m["content"][0]["text"] for m in back.value] == ["first question", reply["text"]]
+    assert len(users.messages("alice", reply["conversation_id"])) == 2
 
 
 def test_history_comes_back_from_storage_after_a_reload(users: Assistant) -> None:
@@ -71,15 +122,16 @@ def test_history_comes_back_from_storage_after_a_reload(users: Assistant) -> Non
 def test_thumbs_from_like_data_with_reason_then_retract(users: Assistant) -> None:
     chat = Chat(users, FAST)
     reply = chat_once(chat, "alice", "rate me")
-    conversation = reply["conversation_id"]
-    chat.like(conversation, "harmful", as_user("alice"), like(1, False))
+    conversation, text = reply["conversation_id"], reply["text"]
+    reason_box = chat.like(conversation, "harmful", as_user("alice"), like(1, False, text))
+    assert reason_box == ""  # the reason is emptied: the next thumb does not inherit it
     row = records.get_feedback(users.store.db, reply["message_id"])
     assert (row["thumb"], row["reason"]) == (-1, "harmful")
-    chat.like(conversation, "my own words", as_user("alice"), like(1, True))
+    chat.like(conversation, "my own words", as_user("alice"), like(1, True, text))
     row = records.get_feedback(users.store.db, reply["message_id"])
     assert (row["thumb"], row["reason"]) == (1, "my own words")
     assert history.feedback_values(history.load(users, "alice", conversation)) == ["Like"]
-    chat.like(conversation, "my own words", as_user("alice"), like(1, ""))  # clicked again
+    chat.like(conversation, "my own words", as_user("alice"), like(1, "", text))  # again
     row = records.get_feedback(users.store.db, reply["message_id"])
     assert (row["thumb"], row["reason"]) == (0, None)
     assert users.feedback_counts("alice") == {"thumbs_up": 0, "thumbs_down": 0, "choices": 0}
@@ -90,12 +142,12 @@ def test_likes_that_cannot_be_stored_are_refused_readably(users: Assistant) -> N
     reply = chat_once(chat, "alice", "mine")
     conversation = reply["conversation_id"]
     before = row_counts(users)
-    with pytest.raises(gr.Error, match="assistant's replies"):
-        chat.like(conversation, "", as_user("alice"), like(0, True))  # the user's own message
-    with pytest.raises(gr.Error, match="still being written"):
-        chat.like(conversation, "", as_user("alice"), like(2, True))  # not stored yet
+    with pytest.raises(gr.Error, match="assistant's replies"):  # the user's own message
+        chat.like(conversation, "", as_user("alice"), like(0, True, "mine"))
+    with pytest.raises(gr.Error, match="still being written"):  # not stored yet
+        chat.like(conversation, "", as_user("alice"), like(2, True, "being written"))
     with pytest.raises(gr.Error, match="another user"):
-        chat.like(conversation, "", as_user("bob"), like(1, True))
+        chat.like(conversation, "", as_user("bob"), like(1, True, reply["text"]))
     with pytest.raises(gr.Error, match="another user"):
         chat.rate(reply["message_id"], 1, "", as_user("bob"))
     with pytest.raises(gr.Error, match="sign in"):
@@ -103,6 +155,27 @@ def test_likes_that_cannot_be_stored_are_refused_readably(users: Assistant) -> N
     with pytest.raises(gr.Error, match="thumb must be"):
         chat.rate(reply["message_id"], 2, "", as_user("alice"))
     assert row_counts(users) == before
+
+
+def test_a_thumb_on_a_message_that_is_not_the_stored_one_is_refused(users: Assistant) -> None:
+    """The chat on screen may show another conversation, or a reply still streaming, than the
+    one the hidden conversation id names: the clicked text must be what is stored there."""
+    chat = Chat(users, FAST)
+    c = chat_once(chat, "alice", "conversation C")
+    d = chat_once(chat, "alice", "conversation D, another question")
+    assert c["text"] != d["text"]
+    before = row_counts(users)
+    on_screen = history.load(users, "alice", d["conversation_id"])[1].content
+    with pytest.raises(gr.Error, match=re.escape(NOT_ON_SCREEN)):  # D shown, C's id hidden
+        chat.like(c["conversation_id"], "helpful", as_user("alice"), like(1, True, on_screen))
+    with pytest.raises(gr.Error, match="nothing was saved"):  # C's reply while it streamed
+        chat.like(c["conversation_id"], "", as_user("alice"), like(1, False, c["text"][:-1]))
+    with pytest.raises(gr.Error, match="nothing was saved"):  # no text from the browser
+        chat.like(c["conversation_id"], "", as_user("alice"), like(1, True, ""))
+    assert row_counts(users) == before
+    assert records.get_feedback(users.store.db, c["message_id"]) is None
+    chat.like(d["conversation_id"], "", as_user("alice"), like(1, True, on_screen))
+    assert records.get_feedback(users.store.db, d["message_id"])["thumb"] == 1
 
 
 def test_thumb_of_liked_values() -> None:
@@ -132,7 +205,7 @@ def test_compare_locks_after_one_choice(users: Assistant) -> None:
     assert not any(button.interactive for button in after) and "Both are bad" in said
     assert records.get_pair(users.store.db, pair_id)["winner"] == "both_bad"
     with pytest.raises(gr.Error, match="decided already"):
-        compare.button("a")(pair_id, as_user("alice"))
+        compare.choose(pair_id, "a", as_user("alice"))  # the API says so as an error
     with pytest.raises(gr.Error, match="another user"):
         compare.choose(pair_id, "a", as_user("bob"))
     with pytest.raises(gr.Error, match="Ask a question first"):
@@ -143,6 +216,20 @@ def test_compare_locks_after_one_choice(users: Assistant) -> None:
         "**Answer A** (A/B comparison)",
         "**Answer B** (A/B comparison)",
     ]
+
+
+@pytest.mark.filterwarnings("ignore:This comparison was decided already")
+def test_buttons_lock_when_the_pair_was_decided_elsewhere(users: Assistant) -> None:
+    """Another tab (or the API, or a double click) decided the pair: the buttons of this page
+    lock too, saying why, and the first choice stands."""
+    compare = Compare(users, FAST)
+    _, _, pair_id, *buttons, _, _ = compare.ask("decide me twice", as_user("alice"))
+    assert all(button.interactive for button in buttons)
+    compare.choose(pair_id, "tie", as_user("alice"))  # the other tab
+    *after, said = compare.button("b")(pair_id, as_user("alice"))
+    assert not any(button.interactive for button in after)
+    assert said == DECIDED_ALREADY
+    assert records.get_pair(users.store.db, pair_id)["winner"] == "tie"
 
 
 def test_panel_says_version_feedback_and_training(users: Assistant) -> None:
@@ -160,12 +247,12 @@ def test_panel_says_version_feedback_and_training(users: Assistant) -> None:
 
 def test_operator_endpoints_refuse_non_operators(users: Assistant) -> None:
     ops = Operator(users, FAST)
-    for name in ("alice", None):
-        with pytest.raises(gr.Error):
+    for name, refusal in (("alice", NOT_OPERATOR), (None, NOT_SIGNED_IN)):
+        with pytest.raises(gr.Error, match=re.escape(refusal)):
             ops.dashboard("alice", as_user(name))
-        with pytest.raises(gr.Error):
+        with pytest.raises(gr.Error, match=re.escape(refusal)):
             ops.rollback("alice", 0, as_user(name))
-        with pytest.raises(gr.Error):
+        with pytest.raises(gr.Error, match=re.escape(refusal)):
             ops.train_now("alice", as_user(name))
     tab, timer = ops.start(as_user("alice"))
     assert not tab.visible and not timer.active
@@ -241,8 +328,65 @@ def test_first_accounts_only_on_an_empty_database(asst: Assistant) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"concurrency": 0}, {"max_message_chars": -5}, {"port": True}, {"refresh_seconds": 0}]
+    ("bad", "says"),
+    [
+        ({"concurrency": 0}, "concurrency must be"),
+        ({"max_message_chars": -5}, "max_message_chars must be"),
+        ({"port": True}, "port must be"),
+        ({"refresh_seconds": 0}, "refresh_seconds must be"),
+        (
+            {"max_new_tokens": MAX_NEW_TOKENS_LIMIT + 1},
+            f"at most {MAX_NEW_TOKENS_LIMIT} .the facade",
+        ),
+        ({"temperature": 0}, "temperature must be above 0"),
+        ({"temperature": 6.0}, "and at most 5"),
+    ],
 )
-def test_serve_config_refuses_nonsense(bad: dict) -> None:
-    with pytest.raises(InvalidInput):
+def test_serve_config_refuses_nonsense(bad: dict, says: str) -> None:
+    with pytest.raises(InvalidInput, match=says):
         ServeConfig(**bad)
+
+
+def test_serve_config_from_the_environment(tmp_path: Path) -> None:
+    env = {"ATTUNE_DATA_DIR": str(tmp_path), "ATTUNE_MODEL": "some-model", "ATTUNE_PORT": "8123"}
+    config = ServeConfig.from_env(env)
+    assert (config.data_dir, config.model.name, config.port) == (tmp_path, "some-model", 8123)
+    assert ServeConfig.from_env({}) == ServeConfig()
+    with pytest.raises(InvalidInput, match="ATTUNE_PORT must be a port number"):
+        ServeConfig.from_env({"ATTUNE_PORT": "http"})
+
+
+def test_every_event_has_its_own_api_name(
+    users: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gradio names an event after its function when no api_name is given: record what the
+    app passes, so a missing name cannot hide behind that fallback or a "_1" suffix."""
+    given: list[Any] = []
+    set_event_trigger = BlocksConfig.set_event_trigger
+    signature = inspect.signature(set_event_trigger)
+
+    def recording(self: BlocksConfig, *args: Any, **kwargs: Any) -> Any:
+        call = signature.bind(self, *args, **kwargs).arguments
+        if call.get("fn") is not None:  # not gradio's own helpers (cancels) without a fn
+            given.append(call.get("api_name"))
+        return set_event_trigger(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlocksConfig, "set_event_trigger", recording)
+    app = build_app(users, FAST)
+    handlers = [fn for fn in app.fns.values() if fn.fn is not None]
+    assert len(given) == len(handlers) and all(isinstance(name, str) for name in given), given
+    assert sorted(fn.api_name for fn in handlers) == sorted(given)  # none renamed
+    assert {"chat", "rate", "compare", "choose"} <= set(given)
+
+
+def test_one_message_at_a_time_and_leaving_a_conversation_cancels_its_reply(
+    users: Assistant,
+) -> None:
+    app = build_app(users, FAST)
+    fns = {fn.api_name: (index, fn) for index, fn in app.fns.items()}
+    chat_index, chat = fns["chat"]
+    assert chat.trigger_mode == "once" and fns["compare"][1].trigger_mode == "once"
+    for leaving in ("open_conversation", "new_conversation"):
+        targets = fns[leaving][1].targets
+        cancelling = [fn for fn in app.fns.values() if fn.targets == targets and fn.cancels]
+        assert [fn.cancels for fn in cancelling] == [[chat_index]], leaving

@@ -1,5 +1,6 @@
 """`attune serve` for real: a subprocess with the background scheduler in it, the first
-accounts printed once, sign-in with them, and "train now" queued on that scheduler."""
+accounts printed once, sign-in with them, and "train now" queued on that scheduler; and
+`gradio ui/main.py` (reload mode) keeping one facade and scheduler across reloads."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import gradio as gr
+import pytest
 from gradio_client import Client
 
 from assistant import ModelConfig
-from tests.ui_support import free_port
+from tests.ui_support import PASSWORDS, as_user, free_port
 from ui.app import build_app
 from ui.config import ServeConfig
 from ui.serve import FIRST_ACCOUNTS, open_assistant
@@ -23,6 +28,8 @@ from ui.serve import FIRST_ACCOUNTS, open_assistant
 START_TIMEOUT_S = 180  # imports torch, transformers and gradio on a busy 2-core machine
 ROUND_TIMEOUT_S = 120
 CREDENTIALS = re.compile(r"^\s+(user|operator)\s+name: (\S+)\s+password: (\S+)$")
+ROOT = Path(__file__).resolve().parent.parent
+RELOAD_MAIN = ROOT / "ui" / "main.py"
 
 
 def read_lines(stream, into: queue.Queue) -> None:
@@ -99,3 +106,58 @@ def test_building_the_app_again_reuses_the_one_scheduler(
     finally:
         second.close()
         first.close()
+
+
+def project_modules() -> list[str]:
+    """What Gradio's reload drops before running the app file again: every loaded module
+    from the watched folders (the tests' own modules aside: pytest holds them)."""
+    return [
+        name
+        for name, module in sys.modules.items()
+        if (file := getattr(module, "__file__", None))
+        and Path(file).resolve().is_relative_to(ROOT)
+        and not Path(file).resolve().is_relative_to(ROOT / ".venv")
+        and name.split(".")[0] != "tests"
+    ]
+
+
+def run_app_file(namespace: dict[str, Any]) -> None:
+    exec(compile(RELOAD_MAIN.read_text(), RELOAD_MAIN, "exec"), namespace)
+
+
+def test_reload_mode_keeps_one_facade_and_scheduler(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gradio ui/main.py` as Gradio runs it: the file once, then, on a change, again in the
+    same globals with gr.NO_RELOAD false after the project's modules were dropped."""
+    monkeypatch.setenv("ATTUNE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ATTUNE_MODEL", str(tiny_model_dir))
+    saved: dict[str, ModuleType] = dict(sys.modules)
+    namespace: dict[str, Any] = {"__name__": "attune_reload_test", "__file__": str(RELOAD_MAIN)}
+    try:
+        run_app_file(namespace)
+        asst, first_demo = namespace["asst"], namespace["demo"]
+        scheduler = asst.scheduler
+        assert scheduler is not None and scheduler.scheduler.running
+        asst.add_user("alice", password=PASSWORDS["alice"])
+
+        gr.NO_RELOAD.set(False)
+        for name in project_modules():
+            del sys.modules[name]
+        run_app_file(namespace)
+
+        assert namespace["asst"] is asst and namespace["demo"] is not first_demo
+        assert asst.scheduler is scheduler and scheduler.scheduler.running
+        registry = sys.modules["online_rl.scheduler"]._started  # one scheduler per data folder
+        assert list(registry.values()) == [scheduler]
+        send = next(fn.fn for fn in namespace["demo"].fns.values() if fn.api_name == "chat")
+        *_, final = send("hello after a reload", "", as_user("alice"))  # the rebuilt app
+        stored = asst.messages("alice", final[-1]["conversation_id"])
+        assert [m["text"] for m in stored] == ["hello after a reload", final[-1]["text"]]
+    finally:
+        gr.NO_RELOAD.set(True)
+        if "asst" in namespace:
+            namespace["asst"].close()
+        for name in set(sys.modules) - set(saved):
+            del sys.modules[name]
+        sys.modules.update(saved)

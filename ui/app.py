@@ -12,6 +12,13 @@ Concurrency: replies (chat, compare) share one concurrency group limited by
 for why. Quick reads and clicks run without a limit, so a rating never waits behind a reply.
 The queue has no size limit: requests are queued, never dropped. A synchronous "train now"
 (no background scheduler) runs one at a time.
+
+One page sends one message at a time: chat and compare use trigger_mode="once", so a second
+Enter while a reply is being written is ignored by the browser (the message box still holds
+the text until the reply is stored, so nothing typed is lost). Requests from other tabs and
+API clients are not affected: they wait in the queue. Opening another conversation or
+starting a new one cancels the reply streaming on that page (nothing of it is stored), so the
+chat never shows one conversation while a reply for another is written into it.
 """
 
 from __future__ import annotations
@@ -165,20 +172,22 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
         panel_timer.tick(**refresh_panel, api_name="panel_on_timer")
 
         # chat
-        gr.on(
+        replying = gr.on(
             [message.submit, send_button.click],
             chat.send,
             inputs=[message, conversation_id],
             outputs=[chatbot, conversation_id, message, conversations, last_reply],
             api_name="chat",
             concurrency_id=GENERATION,
-            trigger_mode="multiple",
-        ).then(**refresh_panel, api_name="panel_after_chat")
+            trigger_mode="once",
+        )
+        replying.then(**refresh_panel, api_name="panel_after_chat")
         gr.on(
             [new_button.click, chatbot.clear],  # clearing the chat starts a new conversation
             chat.new,
             outputs=[chatbot, conversation_id, conversations],
             api_name="new_conversation",
+            cancels=[replying],
             **QUICK,
         )
         conversations.input(
@@ -186,10 +195,16 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             inputs=conversations,
             outputs=[chatbot, conversation_id],
             api_name="open_conversation",
+            cancels=[replying],
             **QUICK,
         )
         chatbot.like(
-            chat.like, inputs=[conversation_id, reason], api_name="like", **QUICK, **PRIVATE
+            chat.like,
+            inputs=[conversation_id, reason],
+            outputs=reason,  # emptied after each thumb
+            api_name="like",
+            **QUICK,
+            **PRIVATE,
         ).then(**refresh_panel, api_name="panel_after_like")
         gr.api(chat.rate, api_name="rate", concurrency_limit=None)
 
@@ -201,7 +216,7 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             outputs=[answer_a, answer_b, pair_id, *choice_buttons.values(), choice_note, prompt],
             api_name="compare",
             concurrency_id=GENERATION,
-            trigger_mode="multiple",
+            trigger_mode="once",
         )
         for winner, button in choice_buttons.items():
             button.click(

@@ -1,7 +1,10 @@
 """Chat tab handlers: streamed replies, history from storage, thumbs with reasons.
 
 Every handler takes `request: gr.Request` and acts as `request.username`; the facade checks
-that the conversation or message belongs to that user.
+that the conversation or message belongs to that user. A thumb is stored only when the message
+the browser clicked is the stored one at that place in that conversation: the chat on screen
+can be changing (a reply streaming in, another conversation being opened) while the hidden
+conversation id says otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from ui.identity import signed_in
 
 THUMB_WORDS = {1: "Thumbs up saved", -1: "Thumbs down saved", 0: "Rating retracted"}
 STILL_WRITING = "That reply is still being written; rate it once it is complete."
+NOT_ON_SCREEN = (
+    "That message is not the one stored there any more (the chat changed while you clicked), "
+    "so nothing was saved. Please click the thumb again."
+)
+NO_REASON = ""  # the reason box after a thumb: each thumb gets its own reason
 
 
 def thumb_of(liked: bool | str | None) -> int:
@@ -30,6 +38,13 @@ def thumb_of(liked: bool | str | None) -> int:
     if liked in ("", None):
         return 0
     raise gr.Error(f"Unknown feedback {liked!r}.", print_exception=False)
+
+
+def clicked_text(value: Any) -> str:
+    """The text of the clicked message as the browser drew it. Gradio sends the contents of
+    the clicked group of messages (one per message here), each a string or a text part."""
+    parts = value if isinstance(value, list | tuple) else [value]
+    return "".join(p.get("text", "") if isinstance(p, dict) else str(p or "") for p in parts)
 
 
 def too_long(text: str, limit: int) -> str | None:
@@ -81,7 +96,11 @@ class Chat:
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to `message`; yields (chatbot, conversation id, message box,
         conversation list, stored reply). An empty message sends nothing; an over-long one
-        is refused with a sentence and nothing is stored."""
+        is refused with a sentence and nothing is stored.
+
+        The message box keeps the text until the reply is stored, so a reply that fails or
+        is cancelled (another conversation opened) loses nothing typed; on a failure the chat
+        goes back to what is stored."""
         with readable_errors():
             user = signed_in(request)
             text = (message or "").strip()
@@ -98,28 +117,43 @@ class Chat:
                 max_new_tokens=self.config.max_new_tokens,
                 temperature=self.config.temperature,
             )
-            shown = history.chat_messages(history.load(self.asst, user, conversation_id))
-            shown += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
-            yield shown, gr.skip(), "", gr.skip(), gr.skip()
-            for event in stream:
-                if isinstance(event, Delta):
-                    grown = {"role": "assistant", "content": shown[-1]["content"] + event.text}
-                    shown = [*shown[:-1], grown]  # a new list per update: nothing yielded changes
-                    yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                elif isinstance(event, Reply):
-                    rows = history.load(self.asst, user, event.conversation_id)
-                    yield (
-                        self._chatbot(rows),
-                        event.conversation_id,
-                        gr.skip(),
-                        self._conversations(user, event.conversation_id),
-                        {
-                            "message_id": event.id,
-                            "conversation_id": event.conversation_id,
-                            "text": event.text,
-                            "adapter_version": event.adapter_version,
-                        },
-                    )
+            stored = history.load(self.asst, user, conversation_id)
+            try:
+                yield from self._stream(user, text, stored, stream)
+            except Exception:
+                yield self._chatbot(stored), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                raise
+
+    def _stream(
+        self,
+        user: str,
+        text: str,
+        stored: list[history.Shown],
+        stream: Iterator[Delta | Reply],
+    ) -> Iterator[tuple[Any, ...]]:
+        """The updates of one streaming reply, ending with what was stored."""
+        shown = history.chat_messages(stored)
+        shown += [{"role": "user", "content": text}, {"role": "assistant", "content": ""}]
+        yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        for event in stream:
+            if isinstance(event, Delta):
+                grown = {"role": "assistant", "content": shown[-1]["content"] + event.text}
+                shown = [*shown[:-1], grown]  # a new list per update: nothing yielded changes
+                yield shown, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(event, Reply):
+                rows = history.load(self.asst, user, event.conversation_id)
+                yield (
+                    self._chatbot(rows),
+                    event.conversation_id,
+                    "",  # stored: now the message box can be cleared
+                    self._conversations(user, event.conversation_id),
+                    {
+                        "message_id": event.id,
+                        "conversation_id": event.conversation_id,
+                        "text": event.text,
+                        "adapter_version": event.adapter_version,
+                    },
+                )
 
     def like(
         self,
@@ -127,15 +161,19 @@ class Chat:
         reason: str | None,
         request: gr.Request,
         data: gr.LikeData,
-    ) -> None:
-        """A thumb clicked in the chat; clicking it again retracts (Gradio sends '')."""
+    ) -> str:
+        """A thumb clicked in the chat; clicking it again retracts (Gradio sends ''). Returns
+        the emptied reason box, so a reason is never carried over to the next thumb."""
         with readable_errors():
             user = signed_in(request)
             rows = history.load(self.asst, user, conversation_id)
             index = data.index[0] if isinstance(data.index, list | tuple) else data.index
             if not isinstance(index, int) or not 0 <= index < len(rows):
                 raise gr.Error(STILL_WRITING, print_exception=False)
+            if clicked_text(data.value) != rows[index].content:
+                raise gr.Error(NOT_ON_SCREEN, print_exception=False)
             self.record(user, rows[index].message_id, thumb_of(data.liked), reason)
+            return NO_REASON
 
     def rate(self, message_id: str, thumb: int, reason: str, request: gr.Request) -> str:
         """API: rate one of your replies by id: thumb 1 (up), -1 (down) or 0 (retract),

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from assistant import Assistant
+from assistant import AlreadyChosen, Assistant
 from ui.chat import too_long
 from ui.config import ServeConfig
 from ui.errors import readable_errors
@@ -21,6 +21,10 @@ choice is stored once; the buttons then lock until your next question. Each comp
 a new conversation in the Chat tab's list, where the winner (answer A on a tie) stays in the
 context and a both-bad comparison leaves none."""
 ASK_FIRST = "Ask a question first: there is nothing to choose between yet."
+DECIDED_ALREADY = (
+    "This comparison was decided already (in another tab, or by a second click); "
+    "ask another question to compare again."
+)
 
 
 def locked(n: int = len(WINNERS)) -> tuple[gr.Button, ...]:
@@ -61,17 +65,27 @@ class Compare:
     def choose(self, pair_id: str, winner: str, request: gr.Request) -> str:
         """API: record your choice on an A/B pair: winner a, b, tie or both_bad (once)."""
         with readable_errors():
-            user = signed_in(request)
-            if not pair_id:
-                raise gr.Error(ASK_FIRST, print_exception=False)
-            self.asst.choose(user, pair_id, winner)
-            return f"Saved: {WINNERS[winner]}. Ask another question to compare again."
+            return self._store(signed_in(request), pair_id, winner)
+
+    def _store(self, user: str, pair_id: str, winner: str) -> str:
+        if not pair_id:
+            raise gr.Error(ASK_FIRST, print_exception=False)
+        self.asst.choose(user, pair_id, winner)
+        return f"Saved: {WINNERS[winner]}. Ask another question to compare again."
 
     def button(self, winner: str) -> Callable[..., tuple[Any, ...]]:
-        """The click handler of one choice button: store the choice, lock the buttons."""
+        """The click handler of one choice button: store the choice, lock the buttons. A pair
+        decided already (another tab, a double click) locks them too, with a note."""
 
         def click(pair_id: str, request: gr.Request) -> tuple[Any, ...]:
-            return (*locked(), self.choose(pair_id, winner, request))
+            with readable_errors():
+                user = signed_in(request)
+                try:
+                    said = self._store(user, pair_id, winner)
+                except AlreadyChosen:
+                    gr.Warning(DECIDED_ALREADY)
+                    said = DECIDED_ALREADY
+                return (*locked(), said)
 
         click.__name__ = f"choose_{winner}"
         return click

@@ -1,11 +1,13 @@
-"""`ServeConfig`: every setting of the web app in one frozen dataclass, built once by the CLI."""
+"""`ServeConfig`: every setting of the web app in one frozen dataclass, built once by the CLI
+(or, for Gradio's reload mode, from a few environment variables by `ui/main.py`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant import InvalidInput, ModelConfig
+from assistant import MAX_TEMPERATURE, ChatConfig, InvalidInput, ModelConfig
 
 DEFAULT_REASONS = (
     "helpful",
@@ -17,6 +19,7 @@ DEFAULT_REASONS = (
     "off topic",
     "harmful",
 )
+MAX_NEW_TOKENS_LIMIT = ChatConfig().max_new_tokens_limit  # the facade's ceiling for every reply
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,10 @@ class ServeConfig:
         uses every core, so a higher number adds no throughput: 2 lets a second person's reply
         start while a long one streams (token by token, interleaved), and everything beyond
         waits in the queue, which has no size limit: requests are queued, never dropped.
-    max_new_tokens, temperature: sampling settings of every reply the app asks for.
+    max_new_tokens, temperature: sampling settings of every reply the app asks for, checked
+        at start-up against the facade's limits (max_new_tokens at most ChatConfig's
+        max_new_tokens_limit; temperature above 0, as greedy decoding would make both answers
+        of a comparison the same), so a bad value stops the server instead of every chat.
     refresh_seconds: how often the "Your assistant" panel and the operator dashboard refresh.
     background: run the training scheduler in this process (rounds start as users click).
     demo_accounts: on first start with an empty database, create `demo` and `operator` with
@@ -61,3 +67,28 @@ class ServeConfig:
                 raise InvalidInput(f"{name} must be a whole number >= 1, not {value!r}")
         if not self.refresh_seconds > 0:
             raise InvalidInput(f"refresh_seconds must be > 0, not {self.refresh_seconds!r}")
+        if self.max_new_tokens > MAX_NEW_TOKENS_LIMIT:
+            raise InvalidInput(
+                f"max_new_tokens must be at most {MAX_NEW_TOKENS_LIMIT} (the facade's limit), "
+                f"not {self.max_new_tokens}"
+            )
+        if isinstance(self.temperature, bool) or not 0 < self.temperature <= MAX_TEMPERATURE:
+            raise InvalidInput(
+                f"temperature must be above 0 and at most {MAX_TEMPERATURE:g}, "
+                f"not {self.temperature!r}"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ServeConfig:
+        """The settings of `gradio ui/main.py` (reload mode, which takes no flags):
+        ATTUNE_DATA_DIR, ATTUNE_MODEL and ATTUNE_PORT; the rest keep their defaults.
+        `attune serve` is the way to set everything."""
+        defaults = cls()
+        port = env.get("ATTUNE_PORT", str(defaults.port))
+        if not port.isdigit():
+            raise InvalidInput(f"ATTUNE_PORT must be a port number, not {port!r}")
+        return cls(
+            port=int(port),
+            data_dir=Path(env.get("ATTUNE_DATA_DIR", defaults.data_dir)),
+            model=ModelConfig(name=env.get("ATTUNE_MODEL", defaults.model.name)),
+        )

@@ -2,26 +2,26 @@
 on an empty database, launch Gradio with sign-in.
 
 The scheduler is started through `Assistant.open(background=True)`, which keeps one per data
-folder for the whole process: building the app again (Gradio's reload mode executes the app
-module again) reuses it rather than starting a second one.
+folder and process (`online_rl.scheduler.start_for`): opening the facade a second time in the
+same process reuses it. That alone does not cover Gradio's reload mode, which drops every
+project module and executes the app file again; `ui/main.py` handles that case.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 
 import gradio as gr
 
-from assistant import Assistant, ChatConfig
+from assistant import Assistant, ChatConfig, random_password
 from ui.app import build_app
 from ui.config import ServeConfig
 from ui.identity import authenticator
 
 FIRST_ACCOUNTS = (("demo", False), ("operator", True))  # (name, operator?)
-PASSWORD_BYTES = 12  # token_urlsafe(12): 16 characters, 96 random bits
 SIGN_IN_MESSAGE = (
-    "Sign in with your attune account (accounts are created with: attune user add NAME --password)."
+    "Sign in with your attune account (created with `attune user add NAME`; "
+    "a new password is set with `attune user passwd NAME`)."
 )
 
 
@@ -48,7 +48,7 @@ def first_accounts(asst: Assistant) -> list[tuple[str, str, str]]:
         return []
     created = []
     for name, is_operator in FIRST_ACCOUNTS:
-        password = secrets.token_urlsafe(PASSWORD_BYTES)
+        password = random_password()
         user = asst.add_user(name, password=password, operator=is_operator)
         created.append((user.name, password, user.role))
     return created
