@@ -28,6 +28,7 @@ from assistant import Assistant
 from assistant.generation import Sample
 from online_rl.gate import text_stats
 from online_rl.round import RoundConfig, TrainingConfig
+from online_rl.scheduler import SchedulerConfig
 
 RESULTS = Path(__file__).parent / "results"
 PROMPTS = Path(__file__).parent / "data" / "prompts.json"
@@ -36,8 +37,15 @@ PROBE = "bench-probe"  # a user who never clicks: answers with the bare base
 # Which parts of a round run: the ablations say what each part contributes.
 RECIPES = {
     "full": {},
-    "ppo-only": {"sft_steps": 0, "distill_steps": 0},
+    "ppo-only": {
+        "sft_steps": 0,
+        "preference_steps": 0,
+        "distill_steps": 0,
+        "ranked_preference_steps": 0,
+    },
     "no-ppo": {"ppo": False},
+    "no-ranked-pairs": {"ranked_preference_steps": 0},
+    "no-rpo-anchor": {"ranked_nll_weight": 0.0},
     "warm-start-only": {"iterations": 0},
     "dpo-heavy": {"preference_steps": 8, "preference_batch": 8},
 }
@@ -156,7 +164,12 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="attune bench personalize")
     parser.add_argument("--users", default=",".join(PREFERENCES), help="comma-separated")
     parser.add_argument("--events", type=int, default=64, help="clicks per user")
-    parser.add_argument("--events-per-round", type=int, default=16)
+    parser.add_argument(
+        "--events-per-round",
+        type=int,
+        default=SchedulerConfig().events_per_round,
+        help="clicks between rounds (default: the background scheduler's)",
+    )
     parser.add_argument("--eval-repeats", type=int, default=4, help="samples per held-out prompt")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--temperature", type=float, default=0.7)

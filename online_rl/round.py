@@ -104,10 +104,10 @@ class RoundConfig:
     preference_beta: float = 0.1
     preference_pairs: int = 24
     iterations: int = 1
-    rollout_prompts: int = 2
+    rollout_prompts: int = 4
     samples_per_prompt: int = 4
-    distill_steps: int = 1
-    ranked_preference_steps: int = 0
+    distill_steps: int = 2
+    ranked_preference_steps: int = 2
     liked_pool: int = 64
     ranked_pair_margin: float = 1.0
     ranked_nll_weight: float = 1.0

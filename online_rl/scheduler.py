@@ -37,7 +37,7 @@ class SchedulerConfig:
     """events_per_round: N new clicks queue a round; sweep_minutes: how often stragglers are
     queued; workers: rounds that may run at once."""
 
-    events_per_round: int = 8
+    events_per_round: int = 6
     sweep_minutes: float = 10.0
     workers: int = 1
 
