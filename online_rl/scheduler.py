@@ -6,8 +6,10 @@ user has one job id (`train-<user id>`), `max_instances=1` and `coalesce=True`, 
 in a single worker thread: on 2 cores two rounds at once would only slow each other and chat.
 Clicks that arrive while the user's round runs are counted again when it finishes.
 
-`start_for` keeps one scheduler per data folder for the whole process, so Gradio's reload mode
-(which executes the app module again) cannot start a second one.
+`start_for` keeps one scheduler per data folder for as long as this module stays imported: a
+second `Assistant.open(background=True)` on the same folder reuses it. Gradio's reload mode
+also drops and re-imports project modules, so `ui/main.py` opens the Assistant once under
+`gr.NO_RELOAD` and hands the same modules back on each reload.
 """
 
 from __future__ import annotations
