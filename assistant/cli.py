@@ -37,15 +37,20 @@ CHAT_HELP = """Type a message and press Enter. Commands:
   /quit           leave (Ctrl-D works too)"""
 
 
+def _model_config(args: argparse.Namespace) -> ModelConfig:
+    """The base model the common flags name."""
+    return ModelConfig(
+        name=args.model,
+        quantize=args.quantize,
+        device=args.device,
+        cache_dir=Path(args.model_cache) if args.model_cache else None,
+    )
+
+
 def _assistant(args: argparse.Namespace) -> Assistant:
     config = AssistantConfig(
         data_dir=Path(args.data_dir),
-        model=ModelConfig(
-            name=args.model,
-            quantize=args.quantize,
-            device=args.device,
-            cache_dir=Path(args.model_cache) if args.model_cache else None,
-        ),
+        model=_model_config(args),
     )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return Assistant(config)
@@ -121,12 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         data_dir=Path(args.data_dir),
-        model=ModelConfig(
-            name=args.model,
-            quantize=args.quantize,
-            device=args.device,
-            cache_dir=Path(args.model_cache) if args.model_cache else None,
-        ),
+        model=_model_config(args),
         background=args.training,
         demo_accounts=args.demo_accounts,
         **{name: getattr(args, name) for name in SERVE_FIELDS if hasattr(args, name)},
