@@ -530,7 +530,8 @@ class Trainer:
             replies_ids, finished = self._sample(prompts, [TRAINABLE] * len(prompts), seeds)
             lap("rollouts", add=True)
             batch, ref = self._base_pass(prompts, replies_ids)
-            scores = normalised(ref.features.cpu())
+            features = ref.features.cpu()
+            scores = normalised(features)
             ended = torch.tensor(finished)
             if rc.ppo:
                 rollouts = Rollouts(batch, scores, ended, ref.logprobs)
@@ -545,7 +546,6 @@ class Trainer:
             # (kept in the user's pool, re-judged each round); each prompt's (best, worst) as
             # the head ranks them (with the cut-off penalty) is a DPO pair, liked or not
             ranked = shaped_scores(scores, ended, cfg.ppo)
-            features = ref.features.cpu()
             liked = user_reward.liked(features)
             fresh = [i for i in range(len(prompts)) if liked[i]]
             pool = self._liked_pool.setdefault(user_id, [])
@@ -571,25 +571,24 @@ class Trainer:
                             Example(prompts[bottom], replies_ids[bottom]),
                         )
                     )
-            for _ in range(rc.distill_steps if best else 0):
+            best_batch = self._batch(best) if best else None
+            for _ in range(rc.distill_steps if best_batch else 0):
                 distill_losses.append(
-                    supervised_step(
-                        policy.peft, sft_optimizer, self._batch(best), cfg.ppo.max_grad_norm
-                    )
+                    supervised_step(policy.peft, sft_optimizer, best_batch, cfg.ppo.max_grad_norm)
                 )
             distill_examples += len(best)
             if ranked_pairs and rc.ranked_preference_steps:
-                chosen = [w for w, _ in ranked_pairs]
-                rejected = [lo for _, lo in ranked_pairs]
+                chosen = self._batch([w for w, _ in ranked_pairs])
+                rejected = self._batch([lo for _, lo in ranked_pairs])
                 with torch.no_grad(), policy.base_only():
-                    ref_chosen = self._sequence_logprobs(chosen)
-                    ref_rejected = self._sequence_logprobs(rejected)
+                    ref_chosen = sequence_logprob(policy.peft, chosen)
+                    ref_rejected = sequence_logprob(policy.peft, rejected)
                 for _ in range(rc.ranked_preference_steps):
                     loss, _accuracy = preference_step(
                         policy.peft,
                         sft_optimizer,
-                        self._batch(chosen),
-                        self._batch(rejected),
+                        chosen,
+                        rejected,
                         ref_chosen,
                         ref_rejected,
                         rc.preference_beta,

@@ -47,12 +47,16 @@ def clicked_text(value: Any) -> str:
     return "".join(p.get("text", "") if isinstance(p, dict) else str(p or "") for p in parts)
 
 
-def too_long(text: str, limit: int) -> str | None:
-    """The sentence to show when a message is over the limit, else None."""
-    n = len(text.strip())
-    if n <= limit:
-        return None
-    return f"Your message is {n} characters long; the limit is {limit}. Nothing was sent."
+def message_text(raw: str | None, limit: int) -> str:
+    """The typed text, stripped ("" means send nothing); over the limit is a readable error,
+    raised before anything is stored. Chat and Compare share it."""
+    text = (raw or "").strip()
+    if len(text) > limit:
+        raise gr.Error(
+            f"Your message is {len(text)} characters long; the limit is {limit}. Nothing was sent.",
+            print_exception=False,
+        )
+    return text
 
 
 class Chat:
@@ -103,13 +107,10 @@ class Chat:
         goes back to what is stored."""
         with readable_errors():
             user = signed_in(request)
-            text = (message or "").strip()
+            text = message_text(message, self.config.max_message_chars)
             if not text:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 return
-            refusal = too_long(text, self.config.max_message_chars)
-            if refusal:
-                raise gr.Error(refusal, print_exception=False)
             stream = self.asst.chat_stream(
                 user,
                 text,

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from assistant import AlreadyChosen, Assistant
-from ui.chat import too_long
+from ui.chat import message_text
 from ui.config import ServeConfig
 from ui.errors import readable_errors
 from ui.identity import signed_in
@@ -45,12 +45,9 @@ class Compare:
         unlocked, a note, the cleared prompt box). An empty prompt sends nothing."""
         with readable_errors():
             user = signed_in(request)
-            text = (prompt or "").strip()
+            text = message_text(prompt, self.config.max_message_chars)
             if not text:
                 return (gr.skip(),) * (5 + len(WINNERS))
-            refusal = too_long(text, self.config.max_message_chars)
-            if refusal:
-                raise gr.Error(refusal, print_exception=False)
             pair = self.asst.compare(
                 user,
                 text,
