@@ -148,8 +148,9 @@ class TrainablePolicy:
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.peft.parameters() if p.requires_grad]
 
-    def start_from(self, live_path: Path | None) -> bool:
-        """Set the trainable adapter (and value head) to the user's live version, or fresh.
+    def start_from(self, live_path: Path | None, resume_path: Path | None = None) -> bool:
+        """Set the trainable adapter (and value head) to the user's live version, or fresh, or
+        to `resume_path` (a refused candidate of the same live version) when given.
 
         Returns False when the live version's shape differs from `lora` (it then starts fresh).
         """
@@ -175,6 +176,9 @@ class TrainablePolicy:
                     head_state = torch.load(live_path / VALUE_HEAD_FILE, map_location="cpu")
             else:
                 matched = False
+        if resume_path is not None and matched:
+            state = load_file(str(resume_path / "adapter_model.safetensors"), device="cpu")
+            head_state = torch.load(resume_path / VALUE_HEAD_FILE, map_location="cpu")
         set_peft_model_state_dict(self.peft, state, adapter_name=TRAINABLE)
         fresh_head = new_value_head(self.value_head.in_features)
         self.value_head.load_state_dict(head_state or fresh_head.state_dict())

@@ -17,11 +17,13 @@ leash keeps the update honest. `attune bench personalize` measures what each par
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -89,6 +91,10 @@ class RoundConfig:
         prompts; candidate and live use the same seeds, so their difference is less noisy).
     gate_seed: the k-th gate reply to a held-out prompt uses seed gate_seed + k (fixed, so the
         live version's replies are generated once and reused while it stays live).
+    resume_refused: a round goes on from the user's newest candidate instead of the live version
+        when that candidate was refused only for not beating live (its text and KL passed) and
+        live has not changed since: small steps then add up over rounds instead of being thrown
+        away. The gate still compares against live, and the KL budget ends a branch that drifts.
     seed: fixes the round's sampling (None: a fresh seed each round).
     """
 
@@ -112,8 +118,9 @@ class RoundConfig:
     ranked_pair_margin: float = 1.0
     ranked_nll_weight: float = 1.0
     ppo: bool = True
-    gate_replies: int = 10
+    gate_replies: int = 16
     gate_seed: int = 7
+    resume_refused: bool = True
     seed: int | None = None
 
 
@@ -383,6 +390,26 @@ class Trainer:
             out = forward_batch(self.policy.peft, batch, self.config.ppo.temperature)
         return batch, out
 
+    def _resume_point(self, user_id: str, live_version: int) -> tuple[int, Path] | None:
+        """The user's newest version if it is a refused candidate worth training on (see
+        `RoundConfig.resume_refused`) and its files are intact."""
+        rows = records.list_adapter_versions(self.assistant.store.db, user_id)
+        if not rows or not self.config.round.resume_refused:
+            return None
+        newest = rows[-1]
+        metrics = json.loads(newest["metrics"] or "{}")
+        if newest["status"] != "rejected" or not metrics.get("resumable"):
+            return None
+        if metrics.get("live_version") != live_version:
+            return None
+        path = Path(newest["path"])
+        try:
+            adapter_files.verify_version(path)
+        except adapter_files.CorruptAdapter as e:
+            log.warning("user %s: not resuming v%s: %s", user_id, newest["version"], e)
+            return None
+        return newest["version"], path
+
     # the round ------------------------------------------------------------------------------------
 
     def run(self, user_id: str) -> TrainReport:
@@ -471,11 +498,13 @@ class Trainer:
         # 2. start from the live version; warm start on demonstrations ---------------------------
         train_prompts, heldout_prompts = self._prompts(user_id)
         live_version, live_path = asst.adapters.usable_version(user_id)
+        resume = self._resume_point(user_id, live_version)
         policy = self.policy
-        same_shape = policy.start_from(live_path)
+        same_shape = policy.start_from(live_path, resume[1] if resume else None)
+        start_version = resume[0] if resume and same_shape else live_version
         kl_coef = cfg.ppo.kl_coef
-        if live_path is not None and same_shape:
-            kl_coef = records.version_metrics(db, user_id, live_version).get("kl_coef", kl_coef)
+        if start_version and same_shape:
+            kl_coef = records.version_metrics(db, user_id, start_version).get("kl_coef", kl_coef)
         lora_params = policy.trainable_parameters()
         sft_optimizer = torch.optim.AdamW(lora_params, lr=rc.sft_learning_rate, weight_decay=0.0)
         ppo_optimizer = torch.optim.AdamW(
@@ -674,7 +703,9 @@ class Trainer:
             "candidate_sameness": candidate_text.sameness,
             "live_sameness": live_text.sameness,
             "live_truncated_share": live_text.truncated_share,
-            "parent_version": live_version,
+            "live_version": live_version,  # what the gate compared against
+            "parent_version": start_version,  # what training started from
+            "resumable": decision.resumable,
             **{f"seconds_{k}": v for k, v in seconds.items()},
         }
         if "ppo_value_loss" in metrics:
@@ -686,7 +717,7 @@ class Trainer:
                 user_id,
                 version,
                 str(path),
-                live_version or None,
+                start_version or None,
                 "retired" if decision.accept else "rejected",
                 None if decision.accept else decision.reason,
                 metrics,

@@ -56,3 +56,17 @@ def test_the_total_kl_budget_and_the_reward_gain_are_checked() -> None:
     assert "budget" in check(VARIED, kl=100.0).reason
     decision = check(VARIED, gain=-0.1)
     assert not decision.accept and "no reward gain" in decision.reason
+    assert decision.resumable  # only "no gain" lets the next round go on from it
+    assert not check(VARIED, kl=100.0).resumable and not check(STOCK).resumable
+
+
+def test_cut_off_replies_are_judged_against_live_not_against_a_fixed_share() -> None:
+    def truncated(candidate_cut: int, live_cut: int) -> bool:
+        n = 10
+        candidate = text_stats(VARIED[:2] * 5, [i >= candidate_cut for i in range(n)])
+        live = text_stats(VARIED[:2] * 5, [i >= live_cut for i in range(n)])
+        decision = decide(0.2, 0.0, 5.0, 0.1, candidate, live, GateConfig())
+        return "cut at the token limit" in decision.reason
+
+    assert not truncated(10, 9)  # all cut where live cuts 9 of 10: noise, not degeneracy
+    assert truncated(10, 5)  # all cut where live ends half: worse than live + slack

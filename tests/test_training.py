@@ -386,3 +386,38 @@ def test_only_samples_the_user_would_like_are_imitated_and_pooled(
     else:
         assert first["liked_pool"] == 0 and second["liked_pool"] == 0
         assert first["distill_examples"] == 0 and first["distill_loss"] is None
+
+
+NO_STEPS = replace(FAST, sft_steps=0, preference_steps=0, iterations=0)
+
+
+@pytest.mark.parametrize(
+    ("gate", "resume", "resumed"),
+    [
+        (SHUT_GATE, True, True),  # refused for no reward gain only: the branch goes on
+        (SHUT_GATE, False, False),  # the switch is off
+        (replace(OPEN_GATE, kl_budget=-1.0), True, False),  # refused for KL: back to live
+    ],
+)
+def test_a_round_goes_on_from_a_candidate_refused_only_for_no_gain(
+    tmp_path: Path, tiny_model_dir: Path, gate: GateConfig, resume: bool, resumed: bool
+) -> None:
+    from online_rl.ppo import PPOConfig
+
+    first = TrainingConfig(round=FAST, gate=gate, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=first) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        assert not asst.train("alice").accepted
+    # the second round trains nothing: its candidate is exactly where it started
+    second = replace(first, round=replace(NO_STEPS, resume_refused=resume))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=second) as asst:
+        report = asst.train("alice")
+        assert not report.accepted and report.version == 2
+        statuses = {v["version"]: (v["status"], v["parent"]) for v in asst.versions("alice")}
+        folder = adapter_files.version_dir(asst.config.adapters_dir, asst.user("alice").id, 1)
+    assert statuses[2] == ("rejected", 1 if resumed else None)
+    assert report.metrics["parent_version"] == (1 if resumed else 0)
+    assert lora_b_norm(folder) > 0
+    expected = lora_b_norm(folder) if resumed else 0.0
+    assert lora_b_norm(folder.parent / "v00002") == pytest.approx(expected)
