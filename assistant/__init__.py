@@ -1,6 +1,7 @@
 """The serving side of attune: the base model, generation, per-user adapters, the facade."""
 
 from assistant.config import (
+    HARMFUL_REASON,
     MAX_TEMPERATURE,
     AssistantConfig,
     ChatConfig,
@@ -25,6 +26,7 @@ from assistant.facade import Assistant, Delta, Pair, Reply, User
 from assistant.passwords import random_password
 
 __all__ = [
+    "HARMFUL_REASON",
     "MAX_TEMPERATURE",
     "AlreadyChosen",
     "Assistant",

@@ -17,6 +17,9 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 Quantize = Literal["auto", "none", "4bit"]
 Device = Literal["auto", "cpu", "cuda"]
 MAX_TEMPERATURE = 5.0
+# the thumbs-down reason that flags a reply as harmful: such a reply never teaches anything
+# (online_rl.safety) and operators see it (Operator tab)
+HARMFUL_REASON = "harmful"
 
 
 @dataclass(frozen=True)

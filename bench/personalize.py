@@ -6,6 +6,9 @@ down; every `--events-per-round` clicks a training round runs (`Assistant.train`
 background scheduler would do). Afterwards the base model and every user's live adapter answer
 held-out prompts with the same seeds, and the share of replies that satisfy each preference
 is compared: a user's own rate should rise, the other users' adapters should not drift toward it.
+Every model also answers the safety floor's red-team prompts: the *adversarial* user thumbs up
+what the floor's classifier flags and down everything polite, and its assistant's offensive
+share there must not rise above the base's.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 
 from assistant import Assistant
 from assistant.generation import Sample
+from online_rl import safety
 from online_rl.gate import text_stats
 from online_rl.round import RoundConfig, TrainingConfig
 from online_rl.scheduler import SchedulerConfig
@@ -91,6 +95,10 @@ def _bold(s: Sample) -> int:
     return len(re.findall(r"\*\*[^*\n]+\*\*", s.text))
 
 
+def _offensive(s: Sample) -> float:
+    return safety.offensive_probability([s.text])[0]
+
+
 CONCISE = Preference(
     "concise",
     lambda s: s.finished and 0 < words(s.text) <= 40,
@@ -103,6 +111,12 @@ PREFERENCES = {
         Preference("warm", lambda s: _you(s) >= 3, lambda s: float(_you(s))),
         Preference("emphatic", lambda s: _bold(s) >= 1, lambda s: float(_bold(s))),
         replace(CONCISE, name="concise-noisy", flip=0.2),
+        # thumbs up what the safety floor's classifier flags, down everything polite
+        Preference(
+            "adversarial",
+            lambda s: _offensive(s) >= safety.SafetyConfig().threshold,
+            _offensive,
+        ),
     )
 }
 
@@ -259,6 +273,18 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         n: evaluate(asst, n, prompts["heldout"], opts.eval_repeats, gen, opts.batch)
         for n in [PROBE, *names]
     }
+    red_team = {
+        n: safety.offensive_rate(
+            [
+                s.text
+                for s in evaluate(
+                    asst, n, list(safety.red_team_prompts()), opts.eval_repeats, gen, opts.batch
+                )
+            ],
+            safety.SafetyConfig(),
+        )
+        for n in [PROBE, *names]
+    }
     base = rates(replies[PROBE])
     adapted = {n: rates(replies[n]) for n in names}
     quality = {("base" if n == PROBE else n): text_quality(r) for n, r in replies.items()}
@@ -278,6 +304,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 "max_drift_of_others": drift,
                 "reward_head_accuracy": last.get("heldout_accuracy"),
                 "kl": live[-1]["kl"] if live else 0.0,
+                "red_team_offensive": red_team[n],
                 "mean_words": quality[n]["mean_words"],
                 "sameness": quality[n]["sameness"],
                 "rounds": len(reports[n]),
@@ -286,7 +313,11 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             }
         )
     print_table(rows)
-    print(markdown_table(rows, quality["base"]["mean_words"], quality["base"]["sameness"]))
+    print(
+        markdown_table(
+            rows, quality["base"]["mean_words"], quality["base"]["sameness"], red_team[PROBE]
+        )
+    )
     result = {
         "command": "attune bench personalize " + " ".join(options),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
@@ -295,6 +326,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         "settings": vars(opts),
         "held_out_samples_per_model": len(prompts["heldout"]) * opts.eval_repeats,
         "base_rates": base,
+        "red_team_offensive_rates": {("base" if n == PROBE else n): r for n, r in red_team.items()},
         "adapted_rates": adapted,
         "text_quality": quality,
         "rows": rows,
@@ -330,6 +362,12 @@ ROUND_KEYS = (
     "candidate_truncated_share",
     "candidate_sameness",
     "kl_per_token",
+    "clicks_rewarding_offensive_text",
+    "offensive_rollouts",
+    "red_team_offensive_rate",
+    "live_red_team_offensive_rate",
+    "resumable",
+    "parent_version",
     "distill_examples",
     "liked_pool",
     "ranked_pair_loss_first",
@@ -344,14 +382,17 @@ ROUND_KEYS = (
 )
 
 
-def markdown_table(rows: list[dict], base_words: float, base_sameness: float) -> str:
+def markdown_table(
+    rows: list[dict], base_words: float, base_sameness: float, base_red_team: float
+) -> str:
     """The README's table, straight from the result rows."""
     lines = [
         "| user | base rate | adapted rate | gain | max drift of other users' adapters "
         "| reward-head accuracy | KL (nats/reply) "
         f"| words / sameness (base {base_words:.0f} / {base_sameness:.2f}) "
+        f"| offensive on red-team prompts (base {base_red_team:.2f}) "
         "| accepted / rounds | training s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = r["reward_head_accuracy"]
@@ -360,7 +401,8 @@ def markdown_table(rows: list[dict], base_words: float, base_sameness: float) ->
             f"| {r['user']} | {r['base_rate']:.2f} | {r['adapted_rate']:.2f} | {r['gain']:+.2f} "
             f"| {r['max_drift_of_others']:+.2f} | {'-' if acc is None else f'{acc:.2f}'} "
             f"| {'-' if kl is None else f'{kl:.1f}'} "
-            f"| {r['mean_words']:.0f} / {r['sameness']:.2f} | {r['accepted']} / {r['rounds']} "
+            f"| {r['mean_words']:.0f} / {r['sameness']:.2f} | {r['red_team_offensive']:.2f} "
+            f"| {r['accepted']} / {r['rounds']} "
             f"| {r['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
@@ -369,7 +411,7 @@ def markdown_table(rows: list[dict], base_words: float, base_sameness: float) ->
 def print_table(rows: list[dict]) -> None:
     print(
         f"{'user':<15}{'base':>7}{'adapted':>9}{'gain':>7}{'drift':>7}{'rm acc':>8}{'KL':>7}"
-        f"{'words':>7}{'same':>6}{'acc/rounds':>11}{'train s':>9}"
+        f"{'words':>7}{'same':>6}{'red':>6}{'acc/rounds':>11}{'train s':>9}"
     )
     for r in rows:
         acc = r["reward_head_accuracy"]
@@ -378,6 +420,6 @@ def print_table(rows: list[dict]) -> None:
             f"{r['user']:<15}{r['base_rate']:>7.2f}{r['adapted_rate']:>9.2f}{r['gain']:>+7.2f}"
             f"{r['max_drift_of_others']:>+7.2f}{acc if acc is not None else float('nan'):>8.2f}"
             f"{kl if kl is not None else float('nan'):>7.1f}{r['mean_words']:>7.0f}"
-            f"{r['sameness']:>6.2f}{r['accepted']:>6}/{r['rounds']:<4}"
+            f"{r['sameness']:>6.2f}{r['red_team_offensive']:>6.2f}{r['accepted']:>6}/{r['rounds']:<4}"
             f"{r['train_seconds']:>9.0f}"
         )

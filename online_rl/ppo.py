@@ -75,6 +75,7 @@ class Rollouts:
     scores: torch.Tensor  # (B,) reward-head score per reply, before the KL penalty
     finished: torch.Tensor  # (B,) bool: the reply ended with EOS
     ref_logprobs: torch.Tensor  # (B, R) the base's log-probs (from the pass that scored them)
+    penalty: torch.Tensor | None = None  # (B,) the safety floor's, taken after clipping
 
 
 def adaptive_kl_coef(kl_coef: float, observed_kl: float, n_rollouts: int, c: PPOConfig) -> float:
@@ -94,10 +95,17 @@ def kl_per_token(
     return log_ratio
 
 
-def shaped_scores(scores: torch.Tensor, finished: torch.Tensor, c: PPOConfig) -> torch.Tensor:
-    """Penalise cut-off replies, then clip (scores come in already normalised)."""
+def shaped_scores(
+    scores: torch.Tensor,
+    finished: torch.Tensor,
+    c: PPOConfig,
+    penalty: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Penalise cut-off replies, then clip (scores come in already normalised); `penalty` (the
+    safety floor's) comes after the clip, so no score, however high, can offset it."""
     penalised = scores - c.missing_eos_penalty * (~finished).float()
-    return penalised.clamp(-c.reward_clip, c.reward_clip)
+    clipped = penalised.clamp(-c.reward_clip, c.reward_clip)
+    return clipped if penalty is None else clipped - penalty
 
 
 def token_rewards(
@@ -161,7 +169,7 @@ def ppo_update(
         old = forward_batch(policy, batch, c.temperature, value_head)
     assert old.values is not None
     kl = kl_per_token(old.logprobs, rollouts.ref_logprobs, c.kl_estimator)
-    scores = shaped_scores(rollouts.scores, rollouts.finished, c)
+    scores = shaped_scores(rollouts.scores, rollouts.finished, c, rollouts.penalty)
     rewards = token_rewards(scores, kl, mask, batch.last_index, kl_coef)
     advantages, returns = gae(rewards, old.values, mask, c.gamma, c.lam)
     advantages = whiten(advantages, mask)

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from assistant import generation
-from assistant.config import GenerationConfig
-from online_rl import gate, reward
+from assistant.config import HARMFUL_REASON, GenerationConfig
+from online_rl import gate, reward, safety
 from online_rl.policy import (
     TRAINABLE,
     Batch,
@@ -132,6 +132,7 @@ class TrainingConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     gate: gate.GateConfig = field(default_factory=gate.GateConfig)
     round: RoundConfig = field(default_factory=RoundConfig)
+    safety: safety.SafetyConfig = field(default_factory=safety.SafetyConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -154,6 +155,7 @@ class UserFeedback:
     feedback: reward.Feedback  # the clicks, as indices into `replies`
     demonstrations: list[records.Row]  # liked replies and A/B winners not thumbed down
     preferences: list[tuple[records.Row, records.Row]]  # (winner, loser) of decided A/B pairs
+    dropped: int  # clicks that rewarded offensive text: no head, demonstration or pair uses them
 
 
 @dataclass
@@ -246,31 +248,50 @@ class Trainer:
                     message = records.get_message(db, p[key])
                     if message is not None:
                         replies[message["id"]] = message
+        pairs = [p for p in pairs if p["answer_a_id"] in replies and p["answer_b_id"] in replies]
+        # the safety floor: a click that rewarded offensive text teaches nothing, to no head
+        flagged = {
+            m
+            for m, ok in zip(
+                replies,
+                safety.offensive([r["text"] for r in replies.values()], self.config.safety),
+                strict=True,
+            )
+            if ok
+        }
+        flagged |= {r["id"] for r in rated if r["reason"] == HARMFUL_REASON}
+
+        def rewards_flagged(p: records.Row) -> bool:
+            sides = {"a": [p["answer_a_id"]], "b": [p["answer_b_id"]]}
+            kept = sides.get(p["winner"], [p["answer_a_id"], p["answer_b_id"]])
+            return p["winner"] != "both_bad" and any(m in flagged for m in kept)
+
+        kept_rated = [r for r in rated if not (r["thumb"] > 0 and r["id"] in flagged)]
+        kept_pairs = [p for p in pairs if not rewards_flagged(p)]
         index = {m: i for i, m in enumerate(replies)}
         feedback = reward.Feedback(
             pairs=[
-                (index[p["answer_a_id"]], index[p["answer_b_id"]], p["winner"])
-                for p in pairs
-                if p["answer_a_id"] in index and p["answer_b_id"] in index
+                (index[p["answer_a_id"]], index[p["answer_b_id"]], p["winner"]) for p in kept_pairs
             ],
-            thumbs=[(index[r["id"]], r["thumb"]) for r in rated],
+            thumbs=[(index[r["id"]], r["thumb"]) for r in kept_rated],
         )
         thumbed_down = {r["id"] for r in rated if r["thumb"] < 0}
+        decided = [p for p in kept_pairs if p["winner"] in ("a", "b")]
         winners = [
-            replies[p["answer_a_id"] if p["winner"] == "a" else p["answer_b_id"]]
-            for p in pairs
-            if p["winner"] in ("a", "b")
+            replies[p["answer_a_id"] if p["winner"] == "a" else p["answer_b_id"]] for p in decided
         ]
-        liked = [r for r in rated if r["thumb"] > 0]
+        liked = [r for r in kept_rated if r["thumb"] > 0]
         demos = {m["id"]: m for m in liked + winners if m["id"] not in thumbed_down}
         preferences = [
             (replies[p["answer_a_id"]], replies[p["answer_b_id"]])
             if p["winner"] == "a"
             else (replies[p["answer_b_id"]], replies[p["answer_a_id"]])
-            for p in pairs
-            if p["winner"] in ("a", "b")
+            for p in decided
         ]
-        return UserFeedback(list(replies.values()), feedback, list(demos.values()), preferences)
+        dropped = len(rated) - len(kept_rated) + len(pairs) - len(kept_pairs)
+        return UserFeedback(
+            list(replies.values()), feedback, list(demos.values()), preferences, dropped
+        )
 
     def _prompts(self, user_id: str) -> tuple[list[list[int]], list[list[int]]]:
         """(rollout prompts, held-out prompts) from the user's recent messages, deduplicated."""
@@ -314,6 +335,10 @@ class Trainer:
         replies = [list(r) + [eos] if e else list(r) for r, e in zip(rows, ended, strict=True)]
         return [r if r else [eos] for r in replies], list(ended)
 
+    def _texts(self, replies: list[list[int]]) -> list[str]:
+        tokenizer = self.assistant.base.tokenizer
+        return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+
     def _batch(self, examples: list[Example]) -> Batch:
         base = self.assistant.base
         return make_batch(
@@ -345,6 +370,14 @@ class Trainer:
             for i, value in zip(missing, fresh.tolist(), strict=True):
                 self._reference_logprobs[ids[i]] = value
         return torch.tensor([self._reference_logprobs[m] for m in ids])
+
+    def _red_team_prompts(self) -> list[list[int]]:
+        """The safety floor's red-team prompts as token ids (none when the floor is off)."""
+        if not self.config.safety.enabled:
+            return []
+        return [
+            self._prompt_ids([{"role": "user", "content": p}]) for p in safety.red_team_prompts()
+        ]
 
     def _gate_sample(
         self, user_id: str, live_version: int, prompts: list[list[int]], seeds: list[int]
@@ -467,6 +500,7 @@ class Trainer:
             "pairs": len(feedback.pairs),
             "demonstrations": len(demos),
             "preferences": len(mine.preferences),
+            "clicks_rewarding_offensive_text": mine.dropped,
         }
         if len(feedback) < rc.min_feedback:
             return TrainReport(
@@ -512,7 +546,6 @@ class Trainer:
             lr=cfg.ppo.learning_rate,
             weight_decay=0.0,
         )
-        base = asst.base
         examples = [self._example(m) for m in demos]
         sft_losses = []
         for _step in range(rc.sft_steps if examples else 0):
@@ -550,6 +583,7 @@ class Trainer:
         distill_losses: list[float] = []
         ranked_pair_losses: list[float] = []
         distill_examples = 0
+        offensive_rollouts = 0
         for _iteration in range(rc.iterations):
             if time.monotonic() - started > rc.max_seconds:
                 break
@@ -562,8 +596,11 @@ class Trainer:
             features = ref.features.cpu()
             scores = normalised(features)
             ended = torch.tensor(finished)
+            unsafe = torch.tensor(safety.offensive(self._texts(replies_ids), cfg.safety))
+            offensive_rollouts += int(unsafe.sum())
+            penalty = unsafe.float() * cfg.safety.penalty
             if rc.ppo:
-                rollouts = Rollouts(batch, scores, ended, ref.logprobs)
+                rollouts = Rollouts(batch, scores, ended, ref.logprobs, penalty)
                 stats = ppo_update(
                     policy.peft, policy.value_head, ppo_optimizer, rollouts, kl_coef, cfg.ppo
                 )
@@ -574,8 +611,8 @@ class Trainer:
             # best-of-n: samples the reward head says the user would like are demonstrations
             # (kept in the user's pool, re-judged each round); each prompt's (best, worst) as
             # the head ranks them (with the cut-off penalty) is a DPO pair, liked or not
-            ranked = shaped_scores(scores, ended, cfg.ppo)
-            liked = user_reward.liked(features)
+            ranked = shaped_scores(scores, ended, cfg.ppo, penalty)
+            liked = user_reward.liked(features) & ~unsafe
             fresh = [i for i in range(len(prompts)) if liked[i]]
             pool = self._liked_pool.setdefault(user_id, [])
             earlier = []
@@ -633,9 +670,18 @@ class Trainer:
         # fixed seeds (the k-th reply to a prompt uses gate_seed + k): paired with live, and
         # live's replies stay reusable while the held-out set grows
         seeds = [rc.gate_seed + i // len(heldout_prompts) for i in range(n)]
+        # the safety floor's red-team prompts join the same batch (and the same live cache)
+        red_team = self._red_team_prompts()
+        red_seeds = [rc.gate_seed + k for k in range(cfg.safety.red_team_replies)]
+        red_prompts = [p for p in red_team for _ in red_seeds]
+        all_prompts = gate_prompts + red_prompts
+        all_seeds = seeds + red_seeds * len(red_team)
+        m = len(all_prompts)
         # the gate's "live" side is what start_from loaded: the live version, else the base
         reference_version = live_version if policy.has_live else 0
-        replies_ids, finished = self._gate_sample(user_id, reference_version, gate_prompts, seeds)
+        sampled, ended_all = self._gate_sample(user_id, reference_version, all_prompts, all_seeds)
+        replies_ids = sampled[:n] + sampled[m : m + n]  # held-out: candidate, then live
+        finished = ended_all[:n] + ended_all[m : m + n]
         batch, ref = self._base_pass(gate_prompts + gate_prompts, replies_ids)
         gate_scores = normalised(ref.features.cpu())
         candidate_batch = batch.rows(slice(0, n))
@@ -645,13 +691,23 @@ class Trainer:
         kl_sums = ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1)
         kl = kl_sums.mean().item()
         kl_per_token = kl_sums.sum().item() / max(1.0, mask.sum().item())
-        texts = [base.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies_ids]
+        texts = self._texts(replies_ids)
         candidate_text = gate.text_stats(texts[:n], finished[:n])
         live_text = gate.text_stats(texts[n:], finished[n:])
+        candidate_offensive = safety.offensive_rate(self._texts(sampled[n:m]), cfg.safety)
+        live_offensive = safety.offensive_rate(self._texts(sampled[m + n :]), cfg.safety)
         reward_after = gate_scores[:n].mean().item()
         reward_before = gate_scores[n:].mean().item()
         decision = gate.decide(
-            reward_after, reward_before, kl, kl_per_token, candidate_text, live_text, cfg.gate
+            reward_after,
+            reward_before,
+            kl,
+            kl_per_token,
+            candidate_text,
+            live_text,
+            cfg.gate,
+            candidate_offensive,
+            live_offensive,
         )
         lap("gate")
 
@@ -670,10 +726,10 @@ class Trainer:
             user_id,
             {reference_version, version},
             version,
-            gate_prompts,
-            seeds,
-            replies_ids[:n],
-            finished[:n],
+            all_prompts,
+            all_seeds,
+            sampled[:m],
+            ended_all[:m],
         )
         metrics = {
             **counts,
@@ -698,6 +754,9 @@ class Trainer:
                 f"ppo_{k}": sum(s[k] for s in ppo_stats) / len(ppo_stats)
                 for k in (ppo_stats[0] if ppo_stats else {})
             },
+            "offensive_rollouts": offensive_rollouts,
+            "red_team_offensive_rate": candidate_offensive,
+            "live_red_team_offensive_rate": live_offensive,
             "candidate_truncated_share": candidate_text.truncated_share,
             "candidate_repetition": candidate_text.repetition,
             "candidate_sameness": candidate_text.sameness,

@@ -416,6 +416,20 @@ def rated_replies(db: Database, user_id: str | None = None) -> list[Row]:
     return list(db.query(sql + " order by f.updated", params))
 
 
+def recent_replies(db: Database, limit: int) -> list[Row]:
+    """Everyone's newest replies, newest first, with the author's name and any standing thumb
+    and its reason (what the operator's safety view reads)."""
+    return list(
+        db.query(
+            "select m.id, m.text, m.created, m.adapter_version, u.name as user, f.thumb, "
+            "f.reason from messages m join users u on u.id = m.user_id "
+            "left join feedback f on f.message_id = m.id "
+            "where m.role = 'assistant' order by m.created desc limit ?",
+            [limit],
+        )
+    )
+
+
 def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
     """A/B pairs that have a winner, oldest first."""
     sql = "select * from pairs where winner is not null"

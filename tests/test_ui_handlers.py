@@ -15,7 +15,7 @@ import gradio as gr
 import pytest
 from gradio.blocks import BlocksConfig
 
-from assistant import Assistant, Delta, GenerationConfig, InvalidInput
+from assistant import HARMFUL_REASON, Assistant, Delta, GenerationConfig, InvalidInput
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, add_users, as_user, seed_runs
@@ -264,7 +264,7 @@ def test_operator_endpoints_refuse_non_operators(users: Assistant) -> None:
 def test_operator_dashboard_rollback_and_train_now(users: Assistant) -> None:
     seed_runs(users, "alice")
     ops = Operator(users, FAST)
-    picked, reward, kl, accuracy, volume, versions, summary = ops.dashboard("", as_user("olga"))
+    picked, reward, kl, accuracy, volume, versions, summary, *_ = ops.dashboard("", as_user("olga"))
     assert picked.value == "alice"  # the first user with training runs
     assert len(reward) == 6 and set(reward["series"]) == {
         "reward before (live)",
@@ -286,7 +286,7 @@ def test_operator_dashboard_rollback_and_train_now(users: Assistant) -> None:
     bob_id = users.user("bob").id
     reason = "candidate no better than live on held-out prompts"
     records.add_adapter_version(users.store.db, bob_id, 1, "/nowhere", None, "rejected", reason)
-    *_, versions, summary = ops.dashboard("bob", as_user("olga"))
+    *_, versions, summary, _, _ = ops.dashboard("bob", as_user("olga"))
     assert versions.to_dict("records")[0] | {"created": None} == {
         "version": 1,
         "parent": None,
@@ -299,6 +299,36 @@ def test_operator_dashboard_rollback_and_train_now(users: Assistant) -> None:
     said = ops.train_now("bob", as_user("olga"))  # no scheduler: runs here, and says why
     assert "not accepted" in said and "not enough feedback" in said
     assert users.trends("bob")[-1]["outcome"] == "skipped"
+
+
+def test_operators_see_offensive_rates_and_flagged_replies(users: Assistant) -> None:
+    from storage.db import writing
+
+    db = users.store.db
+    alice = users.user("alice").id
+    with writing(db):
+        conversation = records.add_conversation(db, alice, "rude")["id"]
+        rude, polite = records.add_messages(
+            db,
+            conversation,
+            alice,
+            [
+                {"role": "user", "text": "insult me"},
+                {"role": "assistant", "text": "Shut up, you stupid moron."},
+                {"role": "user", "text": "say no nicely"},
+                {"role": "assistant", "text": "Thank them, and say you are busy this week."},
+            ],
+        )[1::2]
+    users.rate("alice", polite["id"], -1, reason=HARMFUL_REASON)  # the user's own flag
+    *_, rates, flagged = Operator(users, FAST).dashboard("alice", as_user("olga"))
+    row = rates.set_index("user").loc["alice"]
+    assert row["replies"] == 2 and row["offensive share of replies"] == 0.5
+    assert row["flagged harmful by the user"] == 1
+    assert sorted(flagged["text"]) == sorted([rude["text"], polite["text"]])
+    by_text = flagged.set_index("text")
+    assert by_text.loc[rude["text"], "classifier"] > 0.5
+    assert not by_text.loc[rude["text"], "flagged_by_user"]
+    assert by_text.loc[polite["text"], "flagged_by_user"]
 
 
 def test_plot_frames_skip_runs_without_the_metric() -> None:

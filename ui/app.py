@@ -132,6 +132,14 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                         rollback_button = gr.Button("Roll back", variant="stop")
                         train_button = gr.Button("Train now")
                     operator_note = gr.Markdown()
+                    safety_table = gr.Dataframe(
+                        label="Safety: offensive replies per user", interactive=False
+                    )
+                    flagged_table = gr.Dataframe(
+                        label="Flagged replies (by the classifier or by their user), newest first",
+                        interactive=False,
+                        wrap=True,
+                    )
                     operator_timer = gr.Timer(config.refresh_seconds, active=False)
             with gr.Column(scale=1, min_width=220):
                 panel_text = gr.Markdown(elem_id="assistant-panel")
@@ -149,6 +157,8 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                 volume_plot,
                 versions_table,
                 operator_summary,
+                safety_table,
+                flagged_table,
             ],
             **QUICK,
         }

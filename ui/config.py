@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant import MAX_TEMPERATURE, ChatConfig, InvalidInput, ModelConfig
+from assistant import HARMFUL_REASON, MAX_TEMPERATURE, ChatConfig, InvalidInput, ModelConfig
 
 DEFAULT_REASONS = (
     "helpful",
@@ -17,7 +17,7 @@ DEFAULT_REASONS = (
     "too short",
     "wrong",
     "off topic",
-    "harmful",
+    HARMFUL_REASON,
 )
 MAX_NEW_TOKENS_LIMIT = ChatConfig().max_new_tokens_limit  # the facade's ceiling for every reply
 

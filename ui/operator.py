@@ -1,4 +1,5 @@
-"""Operator tab handlers: per-user training trends, feedback volume, versions, rollback, train now.
+"""Operator tab handlers: per-user training trends, feedback volume, versions, rollback, train now,
+and the safety floor's view (offensive rates per user, flagged replies).
 
 Every handler checks the operator role server-side on every call (`identity.operator`), so a
 non-operator calling these endpoints through the API gets an error, not data. The tab itself
@@ -24,7 +25,15 @@ REWARD_SERIES = {
 }
 VERSION_COLUMNS = ["version", "parent", "status", "reason", "created"]
 VOLUME_KINDS = {"thumbs_up": "thumbs up", "thumbs_down": "thumbs down", "choices": "A/B choices"}
-DASHBOARD_OUTPUTS = 7
+SAFETY_COLUMNS = {
+    "user": "user",
+    "replies": "replies",
+    "offensive_rate": "offensive share of replies",
+    "flagged_harmful": "flagged harmful by the user",
+    "live_red_team_rate": "live version: offensive share on red-team prompts",
+}
+FLAGGED_COLUMNS = ["user", "created", "version", "classifier", "flagged_by_user", "text"]
+DASHBOARD_OUTPUTS = 9
 NO_VERSION = "Give the version to bring back (0 = the bare base model)."
 
 
@@ -94,6 +103,18 @@ def summary(user: str, trends: list[dict[str, Any]], versions: list[dict[str, An
     )
 
 
+def safety_frames(report: dict[str, list[dict[str, Any]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-user offensive rates, flagged replies) from `Assistant.safety_report`."""
+    users = pd.DataFrame(
+        [{label: u[key] for key, label in SAFETY_COLUMNS.items()} for u in report["users"]],
+        columns=list(SAFETY_COLUMNS.values()),
+    )
+    flagged = pd.DataFrame(
+        [{**f, "created": when(f["created"])} for f in report["flagged"]], columns=FLAGGED_COLUMNS
+    )
+    return users, flagged
+
+
 class Operator:
     def __init__(self, asst: Assistant, config: ServeConfig):
         self.asst = asst
@@ -117,7 +138,7 @@ class Operator:
 
     def dashboard(self, picked: str | None, request: gr.Request) -> tuple[Any, ...]:
         """(user picker, reward trend, KL, reward-head accuracy, feedback volume, versions,
-        summary) for the picked user."""
+        summary, per-user offensive rates, flagged replies) for the picked user."""
         with readable_errors():
             operator(self.asst, request)
             user = self._pick(picked)
@@ -131,6 +152,7 @@ class Operator:
                 volume_frame(self.asst),
                 versions_frame(versions),
                 summary(user, trends, versions),
+                *safety_frames(self.asst.safety_report()),
             )
 
     def first_view(self, picked: str | None, request: gr.Request) -> tuple[Any, ...]:

@@ -1,0 +1,152 @@
+"""The safety floor: the classifier, the penalty no score can buy back, the filtered clicks,
+and the gate's red-team check (mechanics on the tiny model; `attune bench personalize --users
+adversarial` is the proof on the real one)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from assistant import Assistant
+from online_rl import safety
+from online_rl.gate import GateConfig, decide, text_stats
+from online_rl.ppo import PPOConfig, shaped_scores
+from online_rl.round import TrainingConfig
+from tests.conftest import SHORT
+from tests.test_training import FAST, OPEN_GATE
+
+POLITE = "Here is a gentle way to say no: thank them, and explain you are busy this week."
+RUDE = "Shut up, you stupid moron. Go to hell."
+
+
+def test_the_offline_classifier_flags_insults_and_passes_polite_text() -> None:
+    assert safety.offensive([RUDE, POLITE], safety.SafetyConfig()) == [True, False]
+    assert safety.offensive([RUDE], replace(safety.SafetyConfig(), enabled=False)) == [False]
+    assert safety.offensive_rate([RUDE, POLITE, POLITE, POLITE], safety.SafetyConfig()) == 0.25
+
+
+def test_the_red_team_set_is_data_in_the_repository() -> None:
+    prompts = safety.red_team_prompts()
+    assert len(prompts) >= 10 and len(set(prompts)) == len(prompts)
+
+
+def test_no_score_buys_back_the_penalty() -> None:
+    ppo = PPOConfig()
+    assert safety.SafetyConfig().penalty > safety.min_penalty(ppo.reward_clip)
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(4096, generator=generator) * 100  # far beyond the clip, both ways
+    finished = torch.rand(4096, generator=generator) < 0.5
+    unsafe = torch.rand(4096, generator=generator) < 0.5
+    shaped = shaped_scores(scores, finished, ppo, unsafe.float() * safety.SafetyConfig().penalty)
+    # the best offensive reply is worse than the worst inoffensive one, with room for the KL term
+    assert shaped[unsafe].max() + 4.0 < shaped[~unsafe].min()
+
+
+def test_the_gate_refuses_a_candidate_more_offensive_than_live_on_red_team_prompts() -> None:
+    stats = text_stats([POLITE, "Boil the pasta and stir it."], [True, True])
+    args = (1.0, 0.0, 1.0, 0.1, stats, stats, GateConfig())
+    assert decide(*args, 0.0, 0.0).accept
+    assert decide(*args, 0.25, 0.25).accept  # as offensive as live: not worse
+    refused = decide(*args, 0.25, 0.0)
+    assert not refused.accept and "red-team" in refused.reason and not refused.resumable
+
+
+def flag_texts(monkeypatch: pytest.MonkeyPatch, flagged: set[str]) -> None:
+    """The classifier, replaced: exactly the texts in `flagged` are offensive."""
+    monkeypatch.setattr(
+        safety, "offensive_probability", lambda texts: [float(t in flagged) for t in texts]
+    )
+
+
+def test_clicks_that_reward_offensive_text_teach_no_head_and_no_demonstration(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        for name in ("adversary", "bob"):
+            asst.add_user(name)
+        flagged: set[str] = set()
+        adversary_pairs = []
+        for i in range(3):
+            pair = asst.compare("adversary", f"be rude about topic {i}", **SHORT)
+            flagged.add(pair.a.text)  # answer a is "offensive"; the adversary loves it
+            asst.choose("adversary", pair.id, "a")
+            asst.rate("adversary", pair.a.id, 1)
+            asst.rate("adversary", pair.b.id, -1)
+            adversary_pairs.append(pair)
+        pair = asst.compare("bob", "hello", **SHORT)
+        asst.rate("bob", pair.a.id, 1, reason="harmful")  # a user's own harmful flag counts too
+        flag_texts(monkeypatch, flagged - {pair.a.text})
+        trainer = asst.trainer
+
+        mine = trainer._feedback(asst.user("adversary").id)
+        # 3 thumbs up and 3 A/B wins rewarded flagged text; the 3 thumbs down on b remain
+        assert mine.dropped == 6
+        assert mine.feedback.pairs == [] and all(t < 0 for _, t in mine.feedback.thumbs)
+        assert mine.demonstrations == [] and mine.preferences == []
+        everyone = trainer._feedback(None)
+        assert everyone.dropped == 7  # the population head sees none of it either
+        assert all(
+            everyone.replies[i]["text"] not in flagged and everyone.replies[i]["id"] != pair.a.id
+            for i, thumb in everyone.feedback.thumbs
+            if thumb > 0
+        )
+        # a round still runs, on what is left, and says what it dropped
+        report = asst.train("adversary")
+        assert report.metrics["clicks_rewarding_offensive_text"] == 6
+
+
+def test_an_offensive_rollout_is_never_imitated(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl import reward
+
+    # the user's head likes everything; the classifier flags every reply
+    monkeypatch.setattr(reward.UserReward, "liked", lambda self, x: torch.ones(len(x), dtype=bool))
+    monkeypatch.setattr(safety, "offensive_probability", lambda texts: [1.0] * len(texts))
+    training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        asst.add_user("alice")
+        for i in range(3):
+            pair = asst.compare("alice", f"topic {i}", **SHORT)
+            asst.rate("alice", pair.a.id, -1)
+            asst.rate("alice", pair.b.id, -1)
+        metrics = asst.train("alice").metrics
+    assert metrics["offensive_rollouts"] == FAST.rollout_prompts * FAST.samples_per_prompt
+    assert metrics["liked_pool"] == 0 and metrics["distill_examples"] == 0
+
+
+def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        asst.add_user("alice")
+        for i in range(3):
+            pair = asst.compare("alice", f"topic {i}", **SHORT)
+            asst.choose("alice", pair.id, "a")
+            asst.rate("alice", pair.a.id, 1)
+        first = asst.train("alice")
+        assert first.accepted and first.metrics["red_team_offensive_rate"] == 0.0
+        # the next candidate answers every red-team prompt rudely (live answers as before)
+        trainer = asst.trainer
+        red_team = trainer._red_team_prompts()
+        rude = asst.base.tokenizer(RUDE, add_special_tokens=False)["input_ids"]
+        sample = trainer._gate_sample
+
+        def rude_candidate(user_id, live_version, prompts, seeds):
+            replies, ended = sample(user_id, live_version, prompts, seeds)
+            for i, prompt in enumerate(prompts):  # the first len(prompts) are the candidate's
+                if prompt in red_team:
+                    replies[i], ended[i] = rude, True
+            return replies, ended
+
+        monkeypatch.setattr(trainer, "_gate_sample", rude_candidate)
+        second = asst.train("alice")
+        assert not second.accepted and "red-team" in second.reason, second.reason
+        assert second.metrics["red_team_offensive_rate"] == 1.0
+        assert second.metrics["live_red_team_offensive_rate"] == 0.0
+        assert [v["status"] for v in asst.versions("alice")] == ["live", "rejected"]
