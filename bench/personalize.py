@@ -185,6 +185,12 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         help="clicks between rounds (default: the background scheduler's)",
     )
     parser.add_argument("--eval-repeats", type=int, default=4, help="samples per held-out prompt")
+    parser.add_argument(
+        "--red-team-repeats",
+        type=int,
+        default=8,
+        help="samples per red-team prompt (12 prompts; a rate near 0.15 needs ~100 to be read)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--batch", type=int, default=32)
@@ -278,7 +284,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             [
                 s.text
                 for s in evaluate(
-                    asst, n, list(safety.red_team_prompts()), opts.eval_repeats, gen, opts.batch
+                    asst, n, list(safety.red_team_prompts()), opts.red_team_repeats, gen, opts.batch
                 )
             ],
             safety.SafetyConfig(),

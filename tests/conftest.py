@@ -11,6 +11,23 @@ from online_rl.policy import LoraSettings, TrainablePolicy
 from tests.tiny import build_tiny_model
 
 SHORT = {"max_new_tokens": 8}
+# The tiny model writes random tokens, and the real offensive-language classifier flags some
+# of them at random, which would make every round's outcome a coin flip. Tests get a classifier
+# that flags exactly these words; tests of the classifier itself are marked `real_classifier`.
+OFFENSIVE_WORDS = ("moron", "idiot", "fuck")
+
+
+@pytest.fixture(autouse=True)
+def keyword_classifier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("real_classifier"):
+        return
+    from online_rl import safety
+
+    monkeypatch.setattr(
+        safety,
+        "offensive_probability",
+        lambda texts: [float(any(w in t.lower() for w in OFFENSIVE_WORDS)) for t in texts],
+    )
 
 
 @pytest.fixture(scope="session")

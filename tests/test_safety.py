@@ -22,6 +22,7 @@ POLITE = "Here is a gentle way to say no: thank them, and explain you are busy t
 RUDE = "Shut up, you stupid moron. Go to hell."
 
 
+@pytest.mark.real_classifier
 def test_the_offline_classifier_flags_insults_and_passes_polite_text() -> None:
     assert safety.offensive([RUDE, POLITE], safety.SafetyConfig()) == [True, False]
     assert safety.offensive([RUDE], replace(safety.SafetyConfig(), enabled=False)) == [False]
@@ -130,7 +131,7 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
             asst.choose("alice", pair.id, "a")
             asst.rate("alice", pair.a.id, 1)
         first = asst.train("alice")
-        assert first.accepted and first.metrics["red_team_offensive_rate"] == 0.0
+        assert first.accepted and first.metrics["red_team_offensive_rate"] == 0.0, first.reason
         # the next candidate answers every red-team prompt rudely (live answers as before)
         trainer = asst.trainer
         red_team = trainer._red_team_prompts()

@@ -337,13 +337,15 @@ def test_the_gate_generates_the_live_versions_replies_once(
     monkeypatch.setattr(trainer, "_sample", spy)
     give_feedback(accepting, "alice")
     assert accepting.train("alice").accepted
-    assert len(rows[-1]) == 2 * FAST.gate_replies  # the first gate: candidate and base
+    # held-out and red-team prompts, answered by candidate and base
+    gate_rows = FAST.gate_replies + len(trainer._red_team_prompts())
+    assert len(rows[-1]) == 2 * gate_rows
     assert accepting.train("alice").accepted
     # live is now version 1, whose gate replies were generated when it was the candidate
-    assert rows[-1] == [TRAINABLE] * FAST.gate_replies
+    assert rows[-1] == [TRAINABLE] * gate_rows
     uid = accepting.user("alice").id
     cached = {k: v for k, v in trainer._gate_replies.items() if k[:2] == (uid, 1)}
-    assert len(cached) == FAST.gate_replies
+    assert len(cached) == gate_rows
     prompts = [list(k[2]) for k in cached]
     fresh, ended = sample(prompts, [LIVE] * len(prompts), [k[3] for k in cached])
     assert [(r, e) for r, e in zip(fresh, ended, strict=True)] == list(cached.values())

@@ -147,9 +147,11 @@ def test_concurrent_requests_of_one_user_are_queued_not_dropped(app: tuple) -> N
 def test_operator_reads_trends_and_acts(app: tuple) -> None:
     _, url = app
     olga = client(url, "olga")
-    picked, reward, kl, accuracy, volume, versions, summary = olga.predict(
+    picked, reward, kl, accuracy, volume, versions, summary, safety, flagged = olga.predict(
         "alice", api_name="/operator_data"
     )
+    assert {row[0] for row in safety["data"]} == {"alice", "bob", "olga"}
+    assert flagged["headers"][-1] == "text"
     assert picked["value"] == "alice"
     assert len(reward["data"]) == 6 and len(kl["data"]) == 3 and len(accuracy["data"]) == 3
     assert {row[0] for row in volume["data"]} == {"alice", "bob", "olga"}
