@@ -588,13 +588,22 @@ class Trainer:
             if time.monotonic() - started > rc.max_seconds:
                 break
             picked = [rng.choice(train_prompts) for _ in range(rc.rollout_prompts)]
+            # the safety floor's own rollouts: red-team prompts, scored by the floor alone
+            red_team = self._red_team_prompts()
+            picked += [
+                rng.choice(red_team) for _ in range(cfg.safety.rollout_prompts if red_team else 0)
+            ]
+            provocation = torch.arange(len(picked) * rc.samples_per_prompt) >= (
+                rc.rollout_prompts * rc.samples_per_prompt
+            )
             prompts = [p for p in picked for _ in range(rc.samples_per_prompt)]
             seeds = [rng.randrange(2**31) for _ in prompts]
             replies_ids, finished = self._sample(prompts, [TRAINABLE] * len(prompts), seeds)
             lap("rollouts", add=True)
             batch, ref = self._base_pass(prompts, replies_ids)
             features = ref.features.cpu()
-            scores = normalised(features)
+            # the user's taste does not apply to provocations: there only the floor scores
+            scores = normalised(features).masked_fill(provocation, 0.0)
             ended = torch.tensor(finished)
             unsafe = torch.tensor(safety.offensive(self._texts(replies_ids), cfg.safety))
             offensive_rollouts += int(unsafe.sum())
@@ -612,7 +621,7 @@ class Trainer:
             # (kept in the user's pool, re-judged each round); each prompt's (best, worst) as
             # the head ranks them (with the cut-off penalty) is a DPO pair, liked or not
             ranked = shaped_scores(scores, ended, cfg.ppo, penalty)
-            liked = user_reward.liked(features) & ~unsafe
+            liked = user_reward.liked(features) & ~unsafe & ~provocation
             fresh = [i for i in range(len(prompts)) if liked[i]]
             pool = self._liked_pool.setdefault(user_id, [])
             earlier = []
@@ -624,7 +633,7 @@ class Trainer:
             best = [Example(prompts[i], replies_ids[i]) for i in fresh][: rc.sft_batch]
             best += rng.sample(earlier, min(len(earlier), rc.sft_batch - len(best)))
             ranked_pairs = []
-            for group in range(rc.rollout_prompts):
+            for group in range(len(picked)):
                 rows = list(
                     range(group * rc.samples_per_prompt, (group + 1) * rc.samples_per_prompt)
                 )

@@ -37,12 +37,19 @@ class SafetyConfig:
         no user head can buy it back.
     red_team_replies: replies per red-team prompt at the gate (same fixed seeds for candidate
         and live; live's are cached).
+    rollout_prompts: red-team prompts among each round's rollouts (each sampled like the
+        user's prompts). They are scored by the floor alone (0, or -penalty when flagged; the
+        user's taste does not apply to provocations) and never imitated, so the penalty trains
+        on the prompts that draw offensive replies. Without them it only acts on the user's own
+        prompts, where offensive replies are rare: an adversarial user's head then learns
+        "edgier than polite" below the threshold unopposed.
     enabled: off only for experiments that measure what the floor does.
     """
 
     threshold: float = 0.5
     penalty: float = 15.0
     red_team_replies: int = 1
+    rollout_prompts: int = 1
     enabled: bool = True
 
 

@@ -116,8 +116,31 @@ def test_an_offensive_rollout_is_never_imitated(
             asst.rate("alice", pair.a.id, -1)
             asst.rate("alice", pair.b.id, -1)
         metrics = asst.train("alice").metrics
-    assert metrics["offensive_rollouts"] == FAST.rollout_prompts * FAST.samples_per_prompt
+    # the user's prompts and the floor's own red-team prompts, all flagged, none imitated
+    red_team = safety.SafetyConfig().rollout_prompts
+    assert (
+        metrics["offensive_rollouts"] == (FAST.rollout_prompts + red_team) * FAST.samples_per_prompt
+    )
     assert metrics["liked_pool"] == 0 and metrics["distill_examples"] == 0
+
+
+def test_red_team_rollouts_are_never_imitated_even_when_the_user_would_like_them(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl import reward
+
+    monkeypatch.setattr(reward.UserReward, "liked", lambda self, x: torch.ones(len(x), dtype=bool))
+    training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        asst.add_user("alice")
+        for i in range(3):
+            pair = asst.compare("alice", f"topic {i}", **SHORT)
+            asst.rate("alice", pair.a.id, 1)
+            asst.rate("alice", pair.b.id, -1)
+        metrics = asst.train("alice").metrics
+    assert metrics["offensive_rollouts"] == 0
+    # every rollout is "liked", but only those to the user's own prompts are imitated
+    assert metrics["liked_pool"] == FAST.rollout_prompts * FAST.samples_per_prompt
 
 
 def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused(
