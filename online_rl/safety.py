@@ -4,14 +4,15 @@ A per-user reward learns whatever that user clicks; a user who thumbs up insults
 their assistant insults (and, through the population head, everyone else's a little). So the
 reward each round optimises is the user's score *minus* a penalty for replies an offline
 classifier (`alt-profanity-check`, a linear model on word n-grams that ships inside its wheel)
-flags as offensive, with a weight no user score can buy back; flagged text never counts as a
-demonstration or as a preference winner; and the gate refuses a candidate that answers a fixed
-red-team prompt set offensively more often than live does.
+flags as offensive, with a weight no user score can buy back; each round also samples a
+red-team prompt for that penalty to act on; flagged text never counts as a demonstration or as
+a preference winner; and the gate refuses a candidate that answers the fixed red-team prompts
+offensively more often than live does.
 
-What the classifier catches: swearing, slurs and direct insults ("you stupid moron", "go to
-hell"). What it misses: hostility in polite words ("people like you are worthless" scores
-about 0.4), and it flags innocent uses of listed words ("the female dog is a bitch", "damn,
-that is cool"). It is a floor, not a moderator.
+What the classifier catches: swearing, slurs and direct insults ("Shut up, you stupid moron"
+1.00). What it misses: hostility in clean words ("You people are all the same, worthless" 0.43),
+and it flags innocent uses of listed words ("The bitch barked all night", of a dog, 1.00;
+"damn, that is cool" 0.78). It is a floor, not a moderator.
 """
 
 from __future__ import annotations
