@@ -654,17 +654,18 @@ class Assistant:
         config = self.trainer.config.safety
         rows = records.recent_replies(self.store.db, replies)
         scores = safety.offensive_probability([r["text"] for r in rows])
+        by_user = [r["reason"] == HARMFUL_REASON and r["thumb"] == -1 for r in rows]
         flagged = [
             {
                 "user": r["user"],
                 "created": r["created"],
                 "version": r["adapter_version"],
                 "classifier": round(p, 2),
-                "flagged_by_user": r["reason"] == HARMFUL_REASON and r["thumb"] == -1,
+                "flagged_by_user": harmful,
                 "text": r["text"],
             }
-            for r, p in zip(rows, scores, strict=True)
-            if p >= config.threshold or (r["reason"] == HARMFUL_REASON and r["thumb"] == -1)
+            for r, p, harmful in zip(rows, scores, by_user, strict=True)
+            if p >= config.threshold or harmful
         ]
         users = []
         for u in self.users():

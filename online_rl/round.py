@@ -183,6 +183,7 @@ class Trainer:
         # per user: rollout samples the reward head said the user would like, with their
         # features, so later rounds can re-judge them with the newer head and imitate them again
         self._liked_pool: dict[str, list[tuple[Example, torch.Tensor]]] = {}
+        self._red_team_ids: list[list[int]] | None = None
 
     @property
     def policy(self) -> TrainablePolicy:
@@ -372,12 +373,16 @@ class Trainer:
         return torch.tensor([self._reference_logprobs[m] for m in ids])
 
     def _red_team_prompts(self) -> list[list[int]]:
-        """The safety floor's red-team prompts as token ids (none when the floor is off)."""
+        """The safety floor's red-team prompts as token ids (none when the floor is off);
+        tokenized once, since prompts, system prompt and tokenizer are fixed."""
         if not self.config.safety.enabled:
             return []
-        return [
-            self._prompt_ids([{"role": "user", "content": p}]) for p in safety.red_team_prompts()
-        ]
+        if self._red_team_ids is None:
+            self._red_team_ids = [
+                self._prompt_ids([{"role": "user", "content": p}])
+                for p in safety.red_team_prompts()
+            ]
+        return self._red_team_ids
 
     def _gate_sample(
         self, user_id: str, live_version: int, prompts: list[list[int]], seeds: list[int]
@@ -700,11 +705,11 @@ class Trainer:
         kl_sums = ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1)
         kl = kl_sums.mean().item()
         kl_per_token = kl_sums.sum().item() / max(1.0, mask.sum().item())
-        texts = self._texts(replies_ids)
+        texts = self._texts(sampled)  # candidate's held-out, red-team; then live's, the same
         candidate_text = gate.text_stats(texts[:n], finished[:n])
-        live_text = gate.text_stats(texts[n:], finished[n:])
-        candidate_offensive = safety.offensive_rate(self._texts(sampled[n:m]), cfg.safety)
-        live_offensive = safety.offensive_rate(self._texts(sampled[m + n :]), cfg.safety)
+        live_text = gate.text_stats(texts[m : m + n], finished[n:])
+        candidate_offensive = safety.offensive_rate(texts[n:m], cfg.safety)
+        live_offensive = safety.offensive_rate(texts[m + n :], cfg.safety)
         reward_after = gate_scores[:n].mean().item()
         reward_before = gate_scores[n:].mean().item()
         decision = gate.decide(
