@@ -280,7 +280,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         for n in [PROBE, *names]
     }
     red_team = {
-        n: safety.offensive_rate(
+        n: safety.screen(
             [
                 s.text
                 for s in evaluate(
@@ -310,7 +310,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 "max_drift_of_others": drift,
                 "reward_head_accuracy": last.get("heldout_accuracy"),
                 "kl": live[-1]["kl"] if live else 0.0,
-                "red_team_offensive": red_team[n],
+                "red_team_offensive": red_team[n].rate,
+                "red_team_offensive_probability": red_team[n].mean_probability,
                 "mean_words": quality[n]["mean_words"],
                 "sameness": quality[n]["sameness"],
                 "rounds": len(reports[n]),
@@ -332,7 +333,12 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         "settings": vars(opts),
         "held_out_samples_per_model": len(prompts["heldout"]) * opts.eval_repeats,
         "base_rates": base,
-        "red_team_offensive_rates": {("base" if n == PROBE else n): r for n, r in red_team.items()},
+        "red_team_offensive_rates": {
+            ("base" if n == PROBE else n): r.rate for n, r in red_team.items()
+        },
+        "red_team_offensive_probabilities": {
+            ("base" if n == PROBE else n): r.mean_probability for n, r in red_team.items()
+        },
         "adapted_rates": adapted,
         "text_quality": quality,
         "rows": rows,
@@ -372,6 +378,8 @@ ROUND_KEYS = (
     "offensive_rollouts",
     "red_team_offensive_rate",
     "live_red_team_offensive_rate",
+    "red_team_offensive_probability",
+    "live_red_team_offensive_probability",
     "resumable",
     "parent_version",
     "distill_examples",
@@ -389,14 +397,15 @@ ROUND_KEYS = (
 
 
 def markdown_table(
-    rows: list[dict], base_words: float, base_sameness: float, base_red_team: float
+    rows: list[dict], base_words: float, base_sameness: float, base_red_team: safety.Screened
 ) -> str:
     """The README's table, straight from the result rows."""
     lines = [
         "| user | base rate | adapted rate | gain | max drift of other users' adapters "
         "| reward-head accuracy | KL (nats/reply) "
         f"| words / sameness (base {base_words:.0f} / {base_sameness:.2f}) "
-        f"| offensive on red-team prompts (base {base_red_team:.2f}) "
+        "| red-team prompts: offensive share / mean offensive probability "
+        f"(base {base_red_team.rate:.2f} / {base_red_team.mean_probability:.3f}) "
         "| accepted / rounds | training s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -407,7 +416,8 @@ def markdown_table(
             f"| {r['user']} | {r['base_rate']:.2f} | {r['adapted_rate']:.2f} | {r['gain']:+.2f} "
             f"| {r['max_drift_of_others']:+.2f} | {'-' if acc is None else f'{acc:.2f}'} "
             f"| {'-' if kl is None else f'{kl:.1f}'} "
-            f"| {r['mean_words']:.0f} / {r['sameness']:.2f} | {r['red_team_offensive']:.2f} "
+            f"| {r['mean_words']:.0f} / {r['sameness']:.2f} | {r['red_team_offensive']:.2f} / "
+            f"{r['red_team_offensive_probability']:.3f} "
             f"| {r['accepted']} / {r['rounds']} "
             f"| {r['train_seconds']:.0f} |"
         )

@@ -610,9 +610,10 @@ class Trainer:
             # the user's taste does not apply to provocations: there only the floor scores
             scores = normalised(features).masked_fill(provocation, 0.0)
             ended = torch.tensor(finished)
-            unsafe = torch.tensor(safety.offensive(self._texts(replies_ids), cfg.safety))
+            screened = safety.screen(self._texts(replies_ids), cfg.safety)
+            unsafe = torch.tensor(screened.flagged)
             offensive_rollouts += int(unsafe.sum())
-            penalty = unsafe.float() * cfg.safety.penalty
+            penalty = torch.tensor(screened.penalty(cfg.safety))
             if rc.ppo:
                 rollouts = Rollouts(batch, scores, ended, ref.logprobs, penalty)
                 stats = ppo_update(
@@ -708,8 +709,8 @@ class Trainer:
         texts = self._texts(sampled)  # candidate's held-out, red-team; then live's, the same
         candidate_text = gate.text_stats(texts[:n], finished[:n])
         live_text = gate.text_stats(texts[m : m + n], finished[n:])
-        candidate_offensive = safety.offensive_rate(texts[n:m], cfg.safety)
-        live_offensive = safety.offensive_rate(texts[m + n :], cfg.safety)
+        candidate_red_team = safety.screen(texts[n:m], cfg.safety)
+        live_red_team = safety.screen(texts[m + n :], cfg.safety)
         reward_after = gate_scores[:n].mean().item()
         reward_before = gate_scores[n:].mean().item()
         decision = gate.decide(
@@ -720,8 +721,8 @@ class Trainer:
             candidate_text,
             live_text,
             cfg.gate,
-            candidate_offensive,
-            live_offensive,
+            candidate_red_team,
+            live_red_team,
         )
         lap("gate")
 
@@ -769,8 +770,10 @@ class Trainer:
                 for k in (ppo_stats[0] if ppo_stats else {})
             },
             "offensive_rollouts": offensive_rollouts,
-            "red_team_offensive_rate": candidate_offensive,
-            "live_red_team_offensive_rate": live_offensive,
+            "red_team_offensive_rate": candidate_red_team.rate,
+            "live_red_team_offensive_rate": live_red_team.rate,
+            "red_team_offensive_probability": candidate_red_team.mean_probability,
+            "live_red_team_offensive_probability": live_red_team.mean_probability,
             "candidate_truncated_share": candidate_text.truncated_share,
             "candidate_repetition": candidate_text.repetition,
             "candidate_sameness": candidate_text.sameness,

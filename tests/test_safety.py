@@ -26,7 +26,19 @@ RUDE = "Shut up, you stupid moron. Go to hell."
 def test_the_offline_classifier_flags_insults_and_passes_polite_text() -> None:
     assert safety.offensive([RUDE, POLITE], safety.SafetyConfig()) == [True, False]
     assert safety.offensive([RUDE], replace(safety.SafetyConfig(), enabled=False)) == [False]
-    assert safety.offensive_rate([RUDE, POLITE, POLITE, POLITE], safety.SafetyConfig()) == 0.25
+    screened = safety.screen([RUDE, POLITE, POLITE, POLITE], safety.SafetyConfig())
+    assert screened.rate == 0.25 and 0.25 < screened.mean_probability < 0.5
+    rude, polite = screened.penalty(safety.SafetyConfig())[:2]
+    assert rude > safety.SafetyConfig().penalty and polite < 0.5
+
+
+def test_below_the_threshold_less_offensive_is_still_better() -> None:
+    config = safety.SafetyConfig()
+    edgy = safety.Screened((0.0, 0.1, 0.3, 0.49, 0.5, 0.9), (False,) * 4 + (True,) * 2)
+    penalty = edgy.penalty(config)
+    assert penalty == sorted(penalty) and penalty[0] == 0.0
+    assert penalty[3] - penalty[1] == pytest.approx(config.graded_penalty * 0.39)
+    assert penalty[4] - penalty[3] > config.penalty  # and the line itself costs the full penalty
 
 
 def test_the_red_team_set_is_data_in_the_repository() -> None:
@@ -40,8 +52,11 @@ def test_no_score_buys_back_the_penalty() -> None:
     generator = torch.Generator().manual_seed(0)
     scores = torch.randn(4096, generator=generator) * 100  # far beyond the clip, both ways
     finished = torch.rand(4096, generator=generator) < 0.5
-    unsafe = torch.rand(4096, generator=generator) < 0.5
-    shaped = shaped_scores(scores, finished, ppo, unsafe.float() * safety.SafetyConfig().penalty)
+    config = safety.SafetyConfig()
+    probability = torch.rand(4096, generator=generator)
+    unsafe = probability >= config.threshold
+    screened = safety.Screened(tuple(probability.tolist()), tuple(unsafe.tolist()))
+    shaped = shaped_scores(scores, finished, ppo, torch.tensor(screened.penalty(config)))
     # the best offensive reply is worse than the worst inoffensive one, with room for the KL term
     assert shaped[unsafe].max() + 4.0 < shaped[~unsafe].min()
 
@@ -49,10 +64,20 @@ def test_no_score_buys_back_the_penalty() -> None:
 def test_the_gate_refuses_a_candidate_more_offensive_than_live_on_red_team_prompts() -> None:
     stats = text_stats([POLITE, "Boil the pasta and stir it."], [True, True])
     args = (1.0, 0.0, 1.0, 0.1, stats, stats, GateConfig())
-    assert decide(*args, 0.0, 0.0).accept
-    assert decide(*args, 0.25, 0.25).accept  # as offensive as live: not worse
-    refused = decide(*args, 0.25, 0.0)
-    assert not refused.accept and "red-team" in refused.reason and not refused.resumable
+
+    def red_team(*probability: float) -> safety.Screened:
+        return safety.Screened(probability, tuple(p >= 0.5 for p in probability))
+
+    polite = red_team(0.01, 0.02, 0.01, 0.9)
+    assert decide(*args, polite, polite).accept  # as offensive as live: not worse
+    assert decide(*args, red_team(0.0, 0.0, 0.0, 0.9), polite).accept
+    assert decide(*args, red_team(0.02, 0.03, 0.02, 0.9), polite).accept  # within the slack
+    refused = decide(*args, red_team(0.01, 0.6, 0.01, 0.9), polite)
+    assert not refused.accept and "offensive replies to red-team" in refused.reason
+    assert not refused.resumable
+    # no reply crosses the line, but the candidate drifts toward it
+    edgier = decide(*args, red_team(0.2, 0.3, 0.1, 0.9), polite)
+    assert not edgier.accept and "edgier" in edgier.reason and not edgier.resumable
 
 
 def flag_texts(monkeypatch: pytest.MonkeyPatch, flagged: set[str]) -> None:
@@ -174,3 +199,35 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
         assert second.metrics["red_team_offensive_rate"] == 1.0
         assert second.metrics["live_red_team_offensive_rate"] == 0.0
         assert [v["status"] for v in asst.versions("alice")] == ["live", "rejected"]
+
+
+def test_every_rollout_carries_the_graded_penalty_into_ppo(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl import round as round_module
+
+    # nothing crosses the line, everything leans toward it: only the graded penalty applies
+    monkeypatch.setattr(safety, "offensive_probability", lambda texts: [0.3] * len(texts))
+    seen: list[torch.Tensor] = []
+    real_update = round_module.ppo_update
+
+    def spy(peft, value_head, optimizer, rollouts, kl_coef, config):
+        seen.append(rollouts.penalty)
+        return real_update(peft, value_head, optimizer, rollouts, kl_coef, config)
+
+    monkeypatch.setattr(round_module, "ppo_update", spy)
+    training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        asst.add_user("alice")
+        for i in range(3):
+            pair = asst.compare("alice", f"topic {i}", **SHORT)
+            asst.choose("alice", pair.id, "a")
+            asst.rate("alice", pair.a.id, 1)
+        report = asst.train("alice")
+    assert report.version is not None, report.reason
+    metrics = report.metrics
+    rollouts = (FAST.rollout_prompts + training.safety.rollout_prompts) * FAST.samples_per_prompt
+    assert len(seen) == FAST.iterations and seen[0].shape == (rollouts,)
+    assert torch.allclose(seen[0], torch.full((rollouts,), 0.3 * training.safety.graded_penalty))
+    assert metrics["offensive_rollouts"] == 0
+    assert metrics["red_team_offensive_probability"] == pytest.approx(0.3)
