@@ -49,6 +49,7 @@ class TrainingScheduler:
         self.assistant = assistant
         self.config = config
         self._state: dict[str, str] = {}  # user id -> "queued" | "running"
+        self._stopping = False
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(config.workers)},
@@ -62,6 +63,12 @@ class TrainingScheduler:
         self.scheduler.start()
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop queueing, then wait for the running round. APScheduler's shutdown holds its
+        job-store lock while it waits, so a round that ends by queueing the next one (clicks
+        came in meanwhile) would wait for that lock forever: `_stopping` turns `queue` away
+        first."""
+        with self._lock:
+            self._stopping = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=wait)
 
@@ -83,17 +90,17 @@ class TrainingScheduler:
 
     def queue(self, user_id: str) -> bool:
         """Queue a round for the user unless one is queued or running already."""
-        with self._lock:
-            if user_id in self._state:
+        with self._lock:  # held while adding: shutdown cannot start in between
+            if self._stopping or user_id in self._state:
                 return False
             self._state[user_id] = "queued"
-        self.scheduler.add_job(
-            self._run,
-            args=[user_id],
-            id=f"train-{user_id}",
-            replace_existing=True,
-            next_run_time=datetime.now().astimezone(),
-        )
+            self.scheduler.add_job(
+                self._run,
+                args=[user_id],
+                id=f"train-{user_id}",
+                replace_existing=True,
+                next_run_time=datetime.now().astimezone(),
+            )
         return True
 
     def sweep(self) -> None:

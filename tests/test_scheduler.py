@@ -93,3 +93,31 @@ def test_one_scheduler_per_data_folder_even_when_opened_twice(background: Assist
     assert again is background.scheduler
     jobs = [j.id for j in again.scheduler.get_jobs()]
     assert jobs.count(training_scheduler.SWEEP_JOB) == 1
+
+
+def test_closing_while_a_round_ends_with_new_clicks_does_not_hang(
+    background: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that ends while the app closes, with clicks that came in during it, would queue
+    the next round inside APScheduler's shutdown (which holds the lock adding a job needs)."""
+    started = threading.Event()
+    release = threading.Event()
+    real_run = background.trainer.run
+
+    def slow_round(user_id: str):
+        report = real_run(user_id)
+        started.set()
+        release.wait(30)  # the round's end, held until close has begun
+        return report
+
+    monkeypatch.setattr(background.trainer, "run", slow_round)
+    give_feedback(background, "alice", prompts=2)  # 8 clicks: a round runs
+    assert started.wait(60)
+    give_feedback(background, "alice", prompts=2)  # 8 more before it ends: it will queue again
+    closing = threading.Thread(target=background.close)
+    closing.start()
+    time.sleep(0.5)  # let close reach the scheduler's shutdown, then let the round end
+    release.set()
+    closing.join(60)
+    assert not closing.is_alive(), "close() hung on the scheduler's shutdown"
+    assert [r["outcome"] for r in background.trends("alice")] == ["accepted"]  # no second round
