@@ -242,6 +242,11 @@ class Assistant:
         db = self.store.db
         if records.get_user(db, name) is not None:
             raise UserExists(f"user {name!r} exists already")
+        if records.name_retired(db, name):
+            raise UserExists(
+                f"user name {name!r} belonged to a deleted account and is not given out again "
+                "(a page still signed in under it would act as the new account); choose another"
+            )
         row = records.add_user(
             db,
             name,

@@ -137,6 +137,13 @@ def m002_training(db: Database) -> None:
     db["training_runs"].add_column("reason", str)
 
 
+@migrations()
+def m003_retired_names(db: Database) -> None:
+    """Names of deleted accounts. A signed-in web session holds only the user's name, so a new
+    account under a deleted one's name would inherit that account's open sessions."""
+    db["retired_names"].create({"name": str, "retired": str}, pk="name")
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

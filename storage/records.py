@@ -71,11 +71,22 @@ def list_users(db: Database) -> list[Row]:
 
 
 def delete_user(db: Database, user_id: str) -> None:
-    """Remove every row that belongs to the user, in one transaction."""
+    """Remove every row that belongs to the user, in one transaction; the name stays retired
+    (`name_retired`)."""
     with writing(db):
         for table in USER_TABLES_BY_DEPENDENCY:
             db.execute(f"delete from {table} where user_id = ?", [user_id])
+        db.execute(
+            "insert or replace into retired_names (name, retired)"
+            " select name, ? from users where id = ?",
+            [now(), user_id],
+        )
         db.execute("delete from users where id = ?", [user_id])
+
+
+def name_retired(db: Database, name: str) -> bool:
+    """Whether a deleted account used this name (it is never given out again)."""
+    return _first(db, "select name from retired_names where name = ?", [name]) is not None
 
 
 # conversations and messages -------------------------------------------------------------------

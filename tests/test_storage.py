@@ -29,7 +29,11 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
     assert db.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert db.execute("pragma busy_timeout").fetchone()[0] > 0
     again = connect(path)  # re-opening applies nothing twice
-    assert [m.name for m in migrations.applied(again)] == ["m001_initial", "m002_training"]
+    assert [m.name for m in migrations.applied(again)] == [
+        "m001_initial",
+        "m002_training",
+        "m003_retired_names",
+    ]
 
 
 def test_each_thread_gets_its_own_connection(tmp_path: Path) -> None:
