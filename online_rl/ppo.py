@@ -192,6 +192,9 @@ def ppo_update(
             m = mask[rows]
             new = forward_batch(policy, batch.rows(rows), c.temperature, value_head)
             assert new.values is not None
+            # before the ratio guard: a NaN ratio fails every bound and would be skipped as
+            # "moved too far", so NaN log-probs would leave the round running on a dead update
+            _check_finite("policy log-prob", new.logprobs)
             log_ratio = new.logprobs - old.logprobs[rows]
             ratio = log_ratio.exp()
             mean_ratio = masked_mean(ratio, m).item()

@@ -457,7 +457,7 @@ class Trainer:
             run = records.start_training_run(db, user_id)
             started = time.monotonic()
             try:
-                report = self._round(user_id, started)
+                report = self._round(user_id, started, run["id"])
             except NonFiniteLoss as e:
                 report = TrainReport(False, None, None, None, None, f"aborted: {e}", {})
                 outcome = "rejected"
@@ -479,7 +479,7 @@ class Trainer:
             log.info("user %s: round %s (%s)", user_id, outcome, report.reason)
             return replace(report, metrics=metrics)
 
-    def _round(self, user_id: str, started: float) -> TrainReport:
+    def _round(self, user_id: str, started: float, run_id: str) -> TrainReport:
         cfg = self.config
         rc = cfg.round
         asst = self.assistant
@@ -800,6 +800,10 @@ class Trainer:
             )
             if decision.accept:
                 records.make_live(db, user_id, version, old_status="retired")
+            # the run's outcome commits with its version: a crash after this commit must not
+            # leave the run 'running' (failed on the next open) beside the version it made live
+            outcome = "accepted" if decision.accept else "rejected"
+            records.finish_training_run(db, run_id, outcome, version, decision.reason, metrics)
         return TrainReport(
             decision.accept, version, reward_before, reward_after, kl, decision.reason, metrics
         )

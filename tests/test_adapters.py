@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
@@ -69,22 +67,6 @@ def test_mixed_batch_matches_each_user_alone(
     texts = [s.text for s in samples]
     assert versions == [1, 0]
     assert texts == [alone_alice[0], alone_bob[0]]
-
-
-def test_damaged_version_falls_back_with_a_warning(
-    asst: Assistant, alice: str, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    publish_adapter(asst, tiny_model_dir, alice, 1, seed=1)
-    v1 = asst.chat(alice, "hello there", seed=0, **GREEDY)
-    db = asst.store.db
-    db.execute("update adapter_versions set status = 'retired' where version = 1")
-    db.conn.commit()
-    v2_path = publish_adapter(asst, tiny_model_dir, alice, 2, seed=2)
-    (v2_path / "adapter_model.safetensors").write_bytes(b"garbage")
-    with caplog.at_level(logging.WARNING):
-        reply = asst.chat(alice, "hello there", seed=0, **GREEDY)
-    assert reply.adapter_version == 1 and reply.text == v1.text
-    assert "skipping adapter v2" in caplog.text
 
 
 def test_cold_adapters_are_evicted_but_reload(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -16,7 +16,7 @@ from online_rl.gate import GateConfig
 from online_rl.round import RoundConfig, TrainingConfig
 from storage import adapters as adapter_files
 from storage import records
-from tests.conftest import SHORT, row_counts
+from tests.conftest import SHORT
 
 FAST = RoundConfig(
     min_feedback=4,
@@ -136,24 +136,6 @@ def test_a_rejected_candidate_is_stored_with_its_reason_and_never_goes_live(
         assert asst.trends("alice")[0]["outcome"] == "rejected"
 
 
-def test_nan_in_the_reward_rejects_the_round_and_changes_nothing(
-    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    give_feedback(accepting, "alice")
-    from online_rl import reward
-
-    monkeypatch.setattr(
-        reward.UserReward, "score", lambda self, x: torch.full((len(x),), float("nan"))
-    )
-    before = row_counts(accepting)
-    report = accepting.train("alice")
-    assert not report.accepted and "not finite" in report.reason
-    after = row_counts(accepting)
-    assert after["adapter_versions"] == before["adapter_versions"]
-    assert accepting.trends("alice")[-1]["outcome"] == "rejected"
-    assert not (accepting.config.adapters_dir / accepting.user("alice").id).exists()
-
-
 def test_a_crash_while_writing_the_version_leaves_the_live_one_serving(
     accepting: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,66 +243,6 @@ def test_trends_carry_the_reason_of_every_run(accepting: Assistant) -> None:
     assert run["reason"] and json.loads(run["metrics"])["feedback_events"] == 9
 
 
-KILLED_MID_WRITE = """
-import sys, time
-from dataclasses import replace
-from pathlib import Path
-from assistant import Assistant
-from online_rl.ppo import PPOConfig
-from online_rl.round import TrainingConfig
-from tests.test_training import FAST, OPEN_GATE
-
-asst = Assistant.open(sys.argv[1], model=sys.argv[2], training=TrainingConfig(
-    round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8)))
-policy = asst.trainer.policy
-real_save = policy.save
-
-def save_then_hang(folder: Path) -> None:
-    real_save(folder)
-    print("WRITING", folder, flush=True)
-    time.sleep(60)  # the parent kills us here: the version folder is half done
-
-policy.save = save_then_hang
-asst.train("alice")
-"""
-
-
-def test_sigkill_during_the_adapter_write_leaves_the_live_version_serving(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
-        asst.add_user("alice")
-        give_feedback(asst, "alice")
-        assert asst.train("alice").accepted
-        give_feedback(asst, "alice", prompts=2)
-    root = Path(__file__).resolve().parent.parent
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_MID_WRITE, str(tmp_path / "data"), str(tiny_model_dir)],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline()  # blocks until the child is inside the write
-    assert line.startswith("WRITING"), line
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    user_dir = next((tmp_path / "data" / "adapters").iterdir())
-    assert any(p.name.startswith(".tmp-") for p in user_dir.iterdir())  # the half-done folder
-    with open_with(tmp_path, tiny_model_dir, OPEN_GATE) as asst:
-        assert [p.name for p in user_dir.iterdir()] == ["v00001"]  # swept on open
-        assert [v["status"] for v in asst.versions("alice")] == ["live"]
-        assert asst.trends("alice")[-1]["outcome"] == "failed"
-        assert asst.chat("alice", "alive?", **SHORT).adapter_version == 1
-        assert asst.train("alice").version == 2  # the next round carries on
-
-
 def test_the_gate_generates_the_live_versions_replies_once(
     accepting: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,7 +260,8 @@ def test_the_gate_generates_the_live_versions_replies_once(
     give_feedback(accepting, "alice")
     assert accepting.train("alice").accepted
     # held-out and red-team prompts, answered by candidate and base
-    gate_rows = FAST.gate_replies + len(trainer._red_team_prompts())
+    red_team = len(trainer._red_team_prompts()) * accepting.trainer.config.safety.red_team_replies
+    gate_rows = FAST.gate_replies + red_team
     assert len(rows[-1]) == 2 * gate_rows
     assert accepting.train("alice").accepted
     # live is now version 1, whose gate replies were generated when it was the candidate
