@@ -183,7 +183,8 @@ class Chat:
             return self.record(signed_in(request), message_id, thumb, reason)
 
     def record(self, user: str, message_id: str, thumb: int, reason: str | None) -> str:
-        reason = (reason or "").strip() or None
+        if isinstance(reason, str):  # anything else (an API client's number) the facade refuses
+            reason = reason.strip() or None
         self.asst.rate(user, message_id, thumb, reason if thumb else None)
         said = THUMB_WORDS[thumb] + (f" ({reason})" if reason and thumb else "")
         gr.Info(said)
