@@ -365,7 +365,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output folder")
 
     bench = add("bench", cmd_bench, "run a benchmark (see bench/)")
-    bench.add_argument("name", help="which benchmark: quantize, personalize")
+    bench.add_argument(
+        "name", help="which benchmark: quantize, personalize, chat-during-training, load"
+    )
     bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)"
     )

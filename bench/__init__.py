@@ -5,6 +5,7 @@ README shows the latest results and the command.
 """
 
 from bench.chat_during_training import run as chat_during_training
+from bench.load import run as load
 from bench.personalize import run as personalize
 from bench.quantize import run as quantize
 
@@ -12,4 +13,5 @@ BENCHMARKS = {
     "quantize": quantize,
     "personalize": personalize,
     "chat-during-training": chat_during_training,
+    "load": load,
 }

@@ -3,7 +3,6 @@ port, training-run rows for the operator plots."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,7 +14,7 @@ from assistant import Assistant
 from storage import records
 from ui.app import build_app
 from ui.config import ServeConfig
-from ui.serve import launch
+from ui.serve import free_port, launch
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password", "olga": "olga-password"}
 FAST = ServeConfig(max_new_tokens=8, background=False, refresh_seconds=2.0)
@@ -53,12 +52,6 @@ def seed_runs(asst: Assistant, user: str) -> None:
         records.finish_training_run(db, run["id"], outcome, version, None, metrics)
         day = (FIRST_RUN + timedelta(days=version)).isoformat(timespec="microseconds")
         db["training_runs"].update(run["id"], {"started": day, "finished": day})  # spread out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -9,6 +9,7 @@ project module and executes the app file again; `ui/main.py` handles that case.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 import gradio as gr
@@ -52,6 +53,13 @@ def first_accounts(asst: Assistant) -> list[tuple[str, str, str]]:
         user = asst.add_user(name, password=password, operator=is_operator)
         created.append((user.name, password, user.role))
     return created
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (tests and benchmarks serve on one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launch(app: gr.Blocks, asst: Assistant, config: ServeConfig, block: bool) -> str:
