@@ -245,18 +245,20 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     try:
         url = launch(app, asst, config, block=False)
         report = run_load(asst, url, settings)
+        report |= {
+            "command": "attune bench load " + " ".join(options),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, device {asst.base.device}",
+            "model": args.model,
+        }
+        print_report(report)
+        out = Path(opts.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+        print(f"wrote {out}")
     finally:
         app.close()
-        asst.close()
-    print_report(report)
-    report |= {
-        "command": "attune bench load " + " ".join(options),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, device {asst.base.device}",
-        "model": args.model,
-    }
-    out = Path(opts.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+        clock = time.perf_counter()
+        asst.close()  # waits for the round in progress, if any
+        print(f"closed in {time.perf_counter() - clock:.1f} s")
     return 0 if not report["errors"] and not report["problems"] else 1

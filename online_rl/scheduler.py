@@ -63,10 +63,11 @@ class TrainingScheduler:
         self.scheduler.start()
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop queueing, then wait for the running round. APScheduler's shutdown holds its
-        job-store lock while it waits, so a round that ends by queueing the next one (clicks
+        """Stop queueing, then wait for the running round only. APScheduler's shutdown holds
+        its job-store lock while it waits, so a round that ends by queueing the next one (clicks
         came in meanwhile) would wait for that lock forever: `_stopping` turns `queue` away
-        first."""
+        first. Rounds already handed to the executor's queue would all run before shutdown
+        returns (16 users: over an hour): `_stopping` makes them return at once."""
         with self._lock:
             self._stopping = True
         if self.scheduler.running:
@@ -110,6 +111,9 @@ class TrainingScheduler:
 
     def _run(self, user_id: str) -> None:
         with self._lock:
+            if self._stopping:  # queued in the executor before shutdown: not run at all
+                self._state.pop(user_id, None)
+                return
             self._state[user_id] = "running"
         try:
             self.assistant.trainer.run(user_id)

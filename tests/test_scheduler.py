@@ -121,3 +121,40 @@ def test_closing_while_a_round_ends_with_new_clicks_does_not_hang(
     closing.join(60)
     assert not closing.is_alive(), "close() hung on the scheduler's shutdown"
     assert [r["outcome"] for r in background.trends("alice")] == ["accepted"]  # no second round
+
+
+def test_closing_runs_only_the_round_in_progress_not_the_queued_ones(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds queued for other users when the app closes are dropped, not run one by one
+    before close returns (they run on the next start: their clicks are still new)."""
+    from online_rl.ppo import PPOConfig
+
+    asst = Assistant.open(
+        tmp_path / "data",
+        model=str(tiny_model_dir),
+        background=True,
+        training=TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8)),
+        scheduler=SchedulerConfig(events_per_round=6, sweep_minutes=60),
+    )
+    started = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+
+    def slow_round(user_id: str) -> None:
+        ran.append(user_id)
+        started.set()
+        release.wait(30)
+
+    monkeypatch.setattr(asst.trainer, "run", slow_round)
+    for name in ("alice", "bob", "carol"):
+        asst.add_user(name)
+        give_feedback(asst, name, prompts=2)  # 8 clicks each: all three queued
+    assert started.wait(30)
+    closing = threading.Thread(target=asst.close)
+    closing.start()
+    time.sleep(0.5)
+    release.set()
+    closing.join(60)
+    assert not closing.is_alive()
+    assert len(ran) == 1  # the round in progress finished; the two queued never started
