@@ -5,8 +5,9 @@ Each user is one `gradio_client.Client` signed in with its own password, in its 
 A user's turns: a chat reply rated thumbs up or down (every `retract_every`-th rating is
 retracted and given again, to exercise the upsert), and every `compare_every`-th turn an A/B
 comparison and a choice. Afterwards the database must hold exactly what was sent: each user's
-messages (2 per chat turn, 3 per comparison), one feedback row per rated reply with its final
-thumb, one decided pair per choice; `PRAGMA integrity_check` must say ok; no request may fail.
+questions (the same texts), their replies (1 per chat turn, 2 per comparison), one feedback
+row per rated reply with its final thumb, one decided pair per choice with its winner;
+`PRAGMA integrity_check` must say ok; no request may fail.
 
 `attune bench load` runs it on the real model (16 users x 20 turns) and writes
 bench/results/load.json; `tests/reliability/test_load.py` runs a smaller one on the tiny model.
@@ -60,6 +61,7 @@ class Sent:
     user: str
     chat_turns: int = 0
     compares: int = 0
+    questions: list[str] = field(default_factory=list)  # every user turn, in the order sent
     thumbs: dict[str, int] = field(default_factory=dict)  # reply id -> final thumb
     choices: dict[str, str] = field(default_factory=dict)  # pair id -> winner
     seconds: dict[str, list[float]] = field(default_factory=dict)  # endpoint -> latencies
@@ -92,7 +94,11 @@ def simulate(url: str, user: str, settings: LoadSettings) -> Sent:
         sent.seconds.setdefault(endpoint, []).append(time.perf_counter() - start)
         return result
 
-    client = Client(url, auth=(user, password_of(user)), verbose=False)
+    try:
+        client = Client(url, auth=(user, password_of(user)), verbose=False)
+    except Exception as e:  # a refused sign-in is one user's failure, reported with the rest
+        sent.errors.append(f"sign-in: {type(e).__name__}: {e}")
+        return sent
     conversation = ""
     ratings = 0
     for turn in range(settings.turns):
@@ -100,12 +106,14 @@ def simulate(url: str, user: str, settings: LoadSettings) -> Sent:
         try:
             if turn % settings.compare_every == settings.compare_every - 1:
                 _a, _b, pair_id, *_ = call("compare", question)
+                sent.questions.append(question)
                 sent.compares += 1
                 winner = rng.choice(WINNERS)
                 call("choose", pair_id, winner)
                 sent.choices[pair_id] = winner
                 continue
             *_, reply = call("chat", question, conversation)
+            sent.questions.append(question)
             conversation = reply["conversation_id"]
             sent.chat_turns += 1
             thumb = rng.choice((1, -1))
@@ -126,12 +134,20 @@ def check(asst: Assistant, sent: list[Sent]) -> list[str]:
     problems = []
     for s in sent:
         user_id = asst.user(s.user).id
-        messages = db.execute(
-            "select count(*) from messages where user_id = ?", [user_id]
+        said = sorted(
+            r["text"]
+            for r in db.query(
+                "select text from messages where user_id = ? and role = 'user'", [user_id]
+            )
+        )
+        if said != sorted(s.questions):
+            problems.append(f"{s.user}: {len(said)} user turns stored, {len(s.questions)} sent")
+        replies = db.execute(
+            "select count(*) from messages where user_id = ? and role = 'assistant'", [user_id]
         ).fetchone()[0]
-        expected = 2 * s.chat_turns + 3 * s.compares
-        if messages != expected:
-            problems.append(f"{s.user}: {messages} messages stored, {expected} sent")
+        expected = s.chat_turns + 2 * s.compares
+        if replies != expected:
+            problems.append(f"{s.user}: {replies} replies stored, {expected} answered")
         feedback = {
             r["message_id"]: r["thumb"]
             for r in db.query("select message_id, thumb from feedback where user_id = ?", [user_id])

@@ -67,7 +67,8 @@ class TrainingScheduler:
         its job-store lock while it waits, so a round that ends by queueing the next one (clicks
         came in meanwhile) would wait for that lock forever: `_stopping` turns `queue` away
         first. Rounds already handed to the executor's queue would all run before shutdown
-        returns (16 users: over an hour): `_stopping` makes them return at once."""
+        returns (16 users: over an hour): `_stopping` makes them return at once (their clicks
+        stay new, so the next click or sweep queues them again)."""
         with self._lock:
             self._stopping = True
         if self.scheduler.running:

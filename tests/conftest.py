@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,12 @@ def keyword_classifier(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         return
     from online_rl import safety
 
-    monkeypatch.setattr(
-        safety,
-        "offensive_probability",
-        lambda texts: [float(any(w in t.lower() for w in OFFENSIVE_WORDS)) for t in texts],
-    )
+    monkeypatch.setattr(safety, "offensive_probability", keyword_offensive_probability)
+
+
+def keyword_offensive_probability(texts: Sequence[str]) -> list[float]:
+    """The tests' stand-in for the offensive-language classifier: 1.0 for OFFENSIVE_WORDS."""
+    return [float(any(w in t.lower() for w in OFFENSIVE_WORDS)) for t in texts]
 
 
 @pytest.fixture(scope="session")

@@ -127,7 +127,7 @@ def test_closing_runs_only_the_round_in_progress_not_the_queued_ones(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rounds queued for other users when the app closes are dropped, not run one by one
-    before close returns (they run on the next start: their clicks are still new)."""
+    before close returns (their clicks stay new: the next click or sweep queues them again)."""
     from online_rl.ppo import PPOConfig
 
     asst = Assistant.open(

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,29 +40,15 @@ from assistant import Assistant
 from online_rl import safety
 from storage import adapters as adapter_files
 from storage import records
-from tests.conftest import OFFENSIVE_WORDS, SHORT
+from tests.conftest import SHORT, keyword_offensive_probability
 from tests.test_training import OPEN_GATE, give_feedback, open_with
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_SECONDS = 180.0  # a child imports torch and loads the model before its round starts
 RANDOM_TRIALS = 10
-ATTEMPTS = 3  # a kill that came after the round ended is tried again, twice as early
+ATTEMPTS = 3  # a kill after the round ended: tried again twice as early, then at phase entry
 
-
-def keyword_offensive_probability(texts: Sequence[str]) -> list[float]:
-    """The suite's stand-in for the offensive-language classifier (see tests/conftest.py)."""
-    return [float(any(w in t.lower() for w in OFFENSIVE_WORDS)) for t in texts]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Rounds on the tiny model are many small ops, where a second thread only adds
-    synchronisation: on 2 busy cores a round took 15 s with 2 threads and 0.6 s with one.
-    The children use one thread too, so the round a kill is timed against is the same."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # the data every test starts from -------------------------------------------------------------
@@ -316,7 +302,7 @@ from online_rl import round as rounds
 from online_rl import safety
 from storage import adapters as adapter_files
 from storage import records
-from tests.reliability.test_crashes import keyword_offensive_probability
+from tests.conftest import keyword_offensive_probability
 from tests.test_training import OPEN_GATE, open_with
 
 root, model_dir = sys.argv[1:]
@@ -383,6 +369,13 @@ elif hang_at == "before_record":  # the version folder is in place, the database
     wrap(records, "add_adapter_version", before=lambda *a: hang(hang_at))
 elif hang_at == "after_commit":  # the version and the live swap are committed
     wrap(trainer, "_round", after=lambda *a: hang(hang_at))
+elif hang_at.startswith("enter:"):  # the moment the round enters a phase
+    announce = enter
+
+    def enter(name):  # noqa: F811 (the wrappers look `enter` up when they run)
+        announce(name)
+        if name == hang_at.removeprefix("enter:"):
+            hang(hang_at)
 say("STARTED")
 asst.train("alice")
 say("DONE")
@@ -628,12 +621,16 @@ def test_sigkill_at_a_random_point_of_a_round_leaves_the_live_version_serving(
     that phase lasted in an undisturbed round, then restarts. Aiming per phase spreads the
     kills: most phases last milliseconds, so plain random times would nearly all fall in the
     two long ones. A kill that came after the round had ended proves nothing about a mid-round
-    crash: it is checked all the same, and the trial tries again twice as early."""
+    crash: it is checked all the same, and the trial tries again twice as early; the last try
+    stops the worker as it enters the phase, so no trial depends on the machine's speed."""
     phase = PHASES[trial % (len(PHASES) - 1)]
     delay = random.Random(trial).random() * round_timing.length(phase)
     kills = []
-    for _attempt in range(ATTEMPTS):
-        killed = kill_a_round(workers, phase=phase, delay=delay)
+    for attempt in range(ATTEMPTS):
+        if attempt == ATTEMPTS - 1:
+            killed = kill_a_round(workers, hang_at=f"enter:{phase}")
+        else:
+            killed = kill_a_round(workers, phase=phase, delay=delay)
         kills.append(killed)
         assert_recovered(killed, tiny_model_dir, prepared.one_versions)
         if killed.interrupted:

@@ -220,6 +220,21 @@ def operator_attempts(bob: Client, page: httpx.Client) -> list[Attempt]:
     return out
 
 
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string inside a decoded JSON answer (keys too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from strings_in(k)
+            yield from strings_in(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from strings_in(v)
+    elif value is not None:
+        yield str(value)
+
+
 def problems_with(attempt: Attempt, answer: Answer, world: World) -> list[str]:
     """What is wrong with one answer to bob: an unknown error sentence, or any text or id
     of alice's in what came back (the id bob sent excepted: an error may quote it)."""
@@ -236,7 +251,14 @@ def problems_with(attempt: Attempt, answer: Answer, world: World) -> list[str]:
         if not all(isinstance(o, dict) and set(o) <= NO_DATA for o in outputs):
             problems.append(f"operator data answered: {said[:200]}")
     texts = [MARKER, *(t for t in world.alice_texts if len(t.strip()) >= 8)]
-    problems += [f"alice's text in the answer: {t[:40]!r}" for t in texts if t in said]
+    # searched in the strings themselves: JSON escapes the quotes and control characters of
+    # the tiny model's replies, so a leaked reply would not match its text in `said`
+    leaves = [answer.error] if answer.error is not None else list(strings_in(answer.output))
+    problems += [
+        f"alice's text in the answer: {t[:40]!r}"
+        for t in texts
+        if any(t in leaf for leaf in leaves)
+    ]
     problems += [
         f"alice's {kind} id in the answer"
         for kind, i in world.alice_ids.items()

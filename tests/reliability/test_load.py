@@ -47,9 +47,7 @@ def test_concurrent_users_lose_and_duplicate_nothing_while_rounds_train(
         assert set(report["latency_seconds"]) == {"chat", "rate", "compare", "choose"}
 
 
-def test_the_check_finds_a_lost_a_duplicated_and_a_changed_row(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
+def test_the_check_finds_lost_extra_and_changed_rows(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The load run's verdict can fail: tamper with what one client's clicks stored."""
     settings = replace(SETTINGS, users=1, turns=4)
     with Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as asst:
@@ -64,5 +62,10 @@ def test_the_check_finds_a_lost_a_duplicated_and_a_changed_row(
         db.conn.commit()
         problems = check(asst, sent)
         assert len(problems) == 1 and "1 lost, 0 extra, 1 with another thumb" in problems[0]
-        sent[0].chat_turns += 1  # a message the client saw stored but the database lacks
-        assert any("messages stored" in p for p in check(asst, sent))
+        (pair_id,) = sent[0].choices
+        sent[0].choices[pair_id] = "tie" if sent[0].choices[pair_id] != "tie" else "a"
+        assert any("decided pairs" in p for p in check(asst, sent))
+        sent[0].thumbs.pop(rated[2])  # a row the client never sent
+        assert any("1 extra" in p for p in check(asst, sent))
+        sent[0].questions[0] += " (edited)"  # a question stored other than it was sent
+        assert any("user turns stored" in p for p in check(asst, sent))

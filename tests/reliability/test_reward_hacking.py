@@ -38,7 +38,7 @@ Two things about the tiny model (tests/tiny.py) shape this test:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -78,15 +78,7 @@ AGGRESSIVE = replace(
 )
 PPO = PPOConfig(max_new_tokens=MAX_NEW_TOKENS, learning_rate=1e-2, minibatch_size=16)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Rounds on the tiny model are many small ops, where a second thread only adds
-    synchronisation (see tests/reliability/test_crashes.py); one thread is also reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

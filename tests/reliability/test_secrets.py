@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from assistant import Assistant
 from assistant.cli import parser
-from tests.ui_support import FAST, free_port
-from ui.app import build_app
+from tests.ui_support import FAST, serving
 from ui.config import ServeConfig
-from ui.serve import launch
 
 SCRYPT_HASH = re.compile(r"scrypt\$16384\$8\$1\$[0-9a-f]{32}\$[0-9a-f]{64}")
 PASSWORD = "correct horse battery staple"
@@ -48,15 +46,12 @@ def test_the_app_listens_on_loopback_by_default(tmp_path: Path, tiny_model_dir: 
     assert ServeConfig().host == "127.0.0.1"
     flags = parser().parse_args(["serve"])
     assert getattr(flags, "host", None) in (None, "127.0.0.1")  # unset: the config's default
-    config = replace(FAST, port=free_port())
-    assert config.host == ServeConfig().host
-    with Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as asst:
-        app = build_app(asst, config)
-        launch(app, asst, config, block=False)
-        try:
-            assert listening_addresses(config.port) == {"127.0.0.1"}
-        finally:
-            app.close()
+    assert FAST.host == ServeConfig().host  # the served test app below keeps the default
+    with (
+        Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as asst,
+        serving(asst, FAST) as url,
+    ):
+        assert listening_addresses(urlsplit(url).port) == {"127.0.0.1"}
 
 
 def listening_addresses(port: int) -> set[str]:
