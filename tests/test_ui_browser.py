@@ -13,7 +13,6 @@ installs with apt. Without it this test fails, loudly: it is never skipped.
 from __future__ import annotations
 
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -25,6 +24,7 @@ import pytest
 from assistant import Assistant
 from storage import records
 from tests.ui_support import FAST, PASSWORDS, add_users, seed_runs, serving
+from ui.chat import visible_text
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-background-networking"]
@@ -45,21 +45,14 @@ WATCH_STREAM = """() => {
     subtree: true, childList: true, characterData: true, attributes: true,
   });
 }"""
-# The tiny model writes random bytes; control characters and whitespace runs do not survive
-# into the label unchanged, so both sides are compared without them.
+# The tiny model writes random bytes; whitespace and control characters do not survive into
+# the label unchanged, so both sides are compared without them (as `visible_text`).
 VISIBLE_JS = "(t) => t.replace(/[\\p{C}\\s]+/gu, '')"
 SHOWS_REPLY = f"""(label) => {{
   const visible = {VISIBLE_JS};
   const bots = document.querySelectorAll('#chatbot [data-testid="bot"]');
   return bots.length === 1 && visible(bots[0].getAttribute('aria-label')) === visible(label);
 }}"""
-
-
-def visible(text: str) -> str:
-    """`text` without control, format or unassigned characters and whitespace (as VISIBLE_JS)."""
-    return "".join(
-        c for c in text if not c.isspace() and not unicodedata.category(c).startswith("C")
-    )
 
 
 @pytest.fixture
@@ -161,8 +154,12 @@ def test_sign_in_chat_thumbs_choice_and_operator_plot(
         snapshots = [s.removeprefix(BOT_PREFIX) for s in page.evaluate("window.__replySnapshots")]
         print(f"the reply was drawn in {len(snapshots)} steps")
         *partial, final = snapshots
-        assert visible(final) == visible(reply["text"]) and partial, snapshots  # it grew first
-        assert all(visible(reply["text"]).startswith(visible(p)) for p in partial), snapshots
+        assert visible_text(final) == visible_text(reply["text"]) and partial, (
+            snapshots
+        )  # it grew first
+        assert all(visible_text(reply["text"]).startswith(visible_text(p)) for p in partial), (
+            snapshots
+        )
         assert stored[0]["text"] == "Hello from a real browser"
         page.wait_for_function("() => document.querySelector('#message textarea').value === ''")
         # every load event of the page has long finished: the tab stayed hidden

@@ -21,7 +21,7 @@ from tests.conftest import row_counts
 from tests.ui_support import FAST, add_users, as_user, seed_runs
 from ui import history
 from ui.app import build_app
-from ui.chat import NOT_ON_SCREEN, Chat, thumb_of
+from ui.chat import NOT_ON_SCREEN, Chat, thumb_of, visible_text
 from ui.compare import DECIDED_ALREADY, Compare
 from ui.config import MAX_NEW_TOKENS_LIMIT, ServeConfig
 from ui.errors import UNEXPECTED, readable_errors
@@ -168,8 +168,10 @@ def test_a_thumb_on_a_message_that_is_not_the_stored_one_is_refused(users: Assis
     on_screen = history.load(users, "alice", d["conversation_id"])[1].content
     with pytest.raises(gr.Error, match=re.escape(NOT_ON_SCREEN)):  # D shown, C's id hidden
         chat.like(c["conversation_id"], "helpful", as_user("alice"), like(1, True, on_screen))
-    with pytest.raises(gr.Error, match="nothing was saved"):  # C's reply while it streamed
-        chat.like(c["conversation_id"], "", as_user("alice"), like(1, False, c["text"][:-1]))
+    last_visible = max(i for i, ch in enumerate(c["text"]) if visible_text(ch))
+    streaming = c["text"][:last_visible]  # C's reply one visible character before its end
+    with pytest.raises(gr.Error, match="nothing was saved"):
+        chat.like(c["conversation_id"], "", as_user("alice"), like(1, False, streaming))
     with pytest.raises(gr.Error, match="nothing was saved"):  # no text from the browser
         chat.like(c["conversation_id"], "", as_user("alice"), like(1, True, ""))
     assert row_counts(users) == before
@@ -420,3 +422,15 @@ def test_one_message_at_a_time_and_leaving_a_conversation_cancels_its_reply(
         targets = fns[leaving][1].targets
         cancelling = [fn for fn in app.fns.values() if fn.targets == targets and fn.cancels]
         assert [fn.cancels for fn in cancelling] == [[chat_index]], leaving
+
+
+def test_a_thumb_counts_though_the_browser_drops_tabs_newlines_and_control_characters(
+    users: Assistant,
+) -> None:
+    """The browser hands back a reply without the whitespace and control bytes it could not
+    draw (a real model writes newlines, the tiny one anything): still the same reply."""
+    chat = Chat(users, FAST)
+    reply = chat_once(chat, "alice", "a reply with odd bytes")
+    users.store.db["messages"].update(reply["message_id"], {"text": "Line one\n\tline\x01 two"})
+    chat.like(reply["conversation_id"], "", as_user("alice"), like(1, True, "Line one line two"))
+    assert records.get_feedback(users.store.db, reply["message_id"])["thumb"] == 1

@@ -9,6 +9,7 @@ conversation id says otherwise.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,15 @@ def clicked_text(value: Any) -> str:
     the clicked group of messages (one per message here), each a string or a text part."""
     parts = value if isinstance(value, list | tuple) else [value]
     return "".join(p.get("text", "") if isinstance(p, dict) else str(p or "") for p in parts)
+
+
+def visible_text(text: str) -> str:
+    """`text` without whitespace and control or format characters: what survives the trip
+    through the browser unchanged (tabs, newlines and control bytes do not), so a clicked
+    message is matched to the stored one on this."""
+    return "".join(
+        c for c in text if not c.isspace() and not unicodedata.category(c).startswith("C")
+    )
 
 
 def message_text(raw: str | None, limit: int) -> str:
@@ -171,7 +181,7 @@ class Chat:
             index = data.index[0] if isinstance(data.index, list | tuple) else data.index
             if not isinstance(index, int) or not 0 <= index < len(rows):
                 raise gr.Error(STILL_WRITING, print_exception=False)
-            if clicked_text(data.value) != rows[index].content:
+            if visible_text(clicked_text(data.value)) != visible_text(rows[index].content):
                 raise gr.Error(NOT_ON_SCREEN, print_exception=False)
             self.record(user, rows[index].message_id, thumb_of(data.liked), reason)
             return NO_REASON
