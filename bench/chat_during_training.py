@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from assistant import Assistant, Delta
+from bench.fresh import open_fresh
 
 RESULTS = Path(__file__).parent / "results"
 QUESTIONS = [
@@ -49,12 +49,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser.add_argument("--out", default=str(RESULTS / "chat_during_training.json"))
     opts = parser.parse_args(options)
 
-    data = Path(args.data_dir) / "bench-chat-during-training"
-    shutil.rmtree(data, ignore_errors=True)
-    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
-    asst = Assistant.open(
-        data, model=args.model, quantize=args.quantize, device=args.device, model_cache=cache
-    )
+    asst = open_fresh(args, "chat-during-training")
     asst.add_user("trainee")
     asst.add_user("chatter")
     for i, q in enumerate(QUESTIONS * 2):

@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import random
-import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,11 +28,12 @@ from pathlib import Path
 import torch
 
 from assistant import Assistant
+from bench.fresh import open_fresh
 from online_rl.scheduler import SchedulerConfig
 from storage import records
 
 RESULTS = Path(__file__).parent / "results"
-QUESTIONS = [
+QUESTIONS = [  # chat-during-training's four and two more: more distinct turns per user
     "What is a good name for a cat?",
     "How do I boil an egg?",
     "Why is the sea salty?",
@@ -243,18 +243,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     opts = parser.parse_args(options)
     settings = LoadSettings(users=opts.users, turns=opts.turns, max_new_tokens=opts.tokens)
 
-    data = Path(args.data_dir) / "bench-load"
-    shutil.rmtree(data, ignore_errors=True)
-    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
-    asst = Assistant.open(
-        data,
-        model=args.model,
-        quantize=args.quantize,
-        device=args.device,
-        model_cache=cache,
-        background=True,
-        scheduler=SchedulerConfig(),
-    )
+    asst = open_fresh(args, "load", background=True, scheduler=SchedulerConfig())
     add_users(asst, settings)
     config = ServeConfig(port=free_port(), max_new_tokens=settings.max_new_tokens)
     app = build_app(asst, config)

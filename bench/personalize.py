@@ -18,7 +18,6 @@ import json
 import platform
 import random
 import re
-import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import torch
 
 from assistant import Assistant
 from assistant.generation import Sample
+from bench.fresh import open_fresh
 from online_rl import safety
 from online_rl.gate import text_stats
 from online_rl.round import RoundConfig, TrainingConfig
@@ -210,22 +210,12 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     if unknown:
         parser.error(f"unknown users {unknown}; choose from {list(PREFERENCES)}")
 
-    data = Path(args.data_dir) / "bench-personalize"
-    shutil.rmtree(data, ignore_errors=True)
-    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
     training = TrainingConfig(round=replace(RoundConfig(), **RECIPES[opts.recipe]))
     try:
         training = with_overrides(training, opts.set)
     except ValueError as e:
         parser.error(str(e))
-    asst = Assistant.open(
-        data,
-        model=args.model,
-        quantize=args.quantize,
-        device=args.device,
-        model_cache=cache,
-        training=training,
-    )
+    asst = open_fresh(args, "personalize", training=training)
     prompts = json.loads(PROMPTS.read_text())
     gen = {"max_new_tokens": opts.max_new_tokens, "temperature": opts.temperature}
     rng = random.Random(opts.seed)

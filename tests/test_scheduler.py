@@ -124,19 +124,10 @@ def test_closing_while_a_round_ends_with_new_clicks_does_not_hang(
 
 
 def test_closing_runs_only_the_round_in_progress_not_the_queued_ones(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    background: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rounds queued for other users when the app closes are dropped, not run one by one
     before close returns (their clicks stay new: the next click or sweep queues them again)."""
-    from online_rl.ppo import PPOConfig
-
-    asst = Assistant.open(
-        tmp_path / "data",
-        model=str(tiny_model_dir),
-        background=True,
-        training=TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8)),
-        scheduler=SchedulerConfig(events_per_round=6, sweep_minutes=60),
-    )
     started = threading.Event()
     release = threading.Event()
     ran: list[str] = []
@@ -146,12 +137,13 @@ def test_closing_runs_only_the_round_in_progress_not_the_queued_ones(
         started.set()
         release.wait(30)
 
-    monkeypatch.setattr(asst.trainer, "run", slow_round)
+    monkeypatch.setattr(background.trainer, "run", slow_round)
     for name in ("alice", "bob", "carol"):
-        asst.add_user(name)
-        give_feedback(asst, name, prompts=2)  # 8 clicks each: all three queued
+        if name != "alice":
+            background.add_user(name)
+        give_feedback(background, name, prompts=2)  # 8 clicks each: all three queued
     assert started.wait(30)
-    closing = threading.Thread(target=asst.close)
+    closing = threading.Thread(target=background.close)
     closing.start()
     time.sleep(0.5)
     release.set()

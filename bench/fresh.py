@@ -1,0 +1,26 @@
+"""A benchmark's assistant: its own empty data folder under --data-dir, the shared model cache."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+from typing import Any
+
+from assistant import Assistant
+
+
+def open_fresh(args: argparse.Namespace, name: str, **options: Any) -> Assistant:
+    """Open the assistant in `<data-dir>/bench-<name>`, emptied first (each run starts clean),
+    on the model the `attune bench` flags name; `options` go to `Assistant.open`."""
+    data = Path(args.data_dir) / f"bench-{name}"
+    shutil.rmtree(data, ignore_errors=True)
+    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
+    return Assistant.open(
+        data,
+        model=args.model,
+        quantize=args.quantize,
+        device=args.device,
+        model_cache=cache,
+        **options,
+    )
