@@ -459,25 +459,18 @@ class Trainer:
             try:
                 report = self._round(user_id, started, run["id"])
             except NonFiniteLoss as e:
-                report = TrainReport(False, None, None, None, None, f"aborted: {e}", {})
-                outcome = "rejected"
+                aborted = TrainReport(False, None, None, None, None, f"aborted: {e}", {})
+                report = finish_run(db, run["id"], aborted, started, "rejected")
             except Exception as e:
                 records.finish_training_run(
                     db, run["id"], "failed", None, f"{type(e).__name__}: {e}", {}
                 )
                 raise
             else:
-                outcome = (
-                    "accepted"
-                    if report.accepted
-                    else ("skipped" if report.version is None else "rejected")
-                )
-            metrics = {**report.metrics, "seconds": round(time.monotonic() - started, 2)}
-            records.finish_training_run(
-                db, run["id"], outcome, report.version, report.reason, metrics
-            )
-            log.info("user %s: round %s (%s)", user_id, outcome, report.reason)
-            return replace(report, metrics=metrics)
+                if report.version is None:  # skipped: no candidate, nothing recorded yet
+                    report = finish_run(db, run["id"], report, started, "skipped")
+            log.info("user %s: round over (%s)", user_id, report.reason)
+            return report
 
     def _round(self, user_id: str, started: float, run_id: str) -> TrainReport:
         cfg = self.config
@@ -802,11 +795,21 @@ class Trainer:
                 records.make_live(db, user_id, version, old_status="retired")
             # the run's outcome commits with its version: a crash after this commit must not
             # leave the run 'running' (failed on the next open) beside the version it made live
-            outcome = "accepted" if decision.accept else "rejected"
-            records.finish_training_run(db, run_id, outcome, version, decision.reason, metrics)
-        return TrainReport(
-            decision.accept, version, reward_before, reward_after, kl, decision.reason, metrics
-        )
+            report = TrainReport(
+                decision.accept, version, reward_before, reward_after, kl, decision.reason, metrics
+            )
+            return finish_run(
+                db, run_id, report, started, "accepted" if decision.accept else "rejected"
+            )
+
+
+def finish_run(
+    db: Any, run_id: str, report: TrainReport, started: float, outcome: str
+) -> TrainReport:
+    """Record how the round ended, with its total seconds; the report carries them too."""
+    metrics = {**report.metrics, "seconds": round(time.monotonic() - started, 2)}
+    records.finish_training_run(db, run_id, outcome, report.version, report.reason, metrics)
+    return replace(report, metrics=metrics)
 
 
 def hash_text(text: str) -> str:

@@ -16,7 +16,7 @@ from online_rl.gate import GateConfig, decide, text_stats
 from online_rl.ppo import PPOConfig, shaped_scores
 from online_rl.round import TrainingConfig
 from tests.conftest import SHORT
-from tests.test_training import FAST, OPEN_GATE
+from tests.test_training import FAST, OPEN_GATE, give_feedback
 
 POLITE = "Here is a gentle way to say no: thank them, and explain you are busy this week."
 RUDE = "Shut up, you stupid moron. Go to hell."
@@ -174,10 +174,7 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
     training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
     with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
         asst.add_user("alice")
-        for i in range(3):
-            pair = asst.compare("alice", f"topic {i}", **SHORT)
-            asst.choose("alice", pair.id, "a")
-            asst.rate("alice", pair.a.id, 1)
+        give_feedback(asst, "alice")
         first = asst.train("alice")
         assert first.accepted and first.metrics["red_team_offensive_rate"] == 0.0, first.reason
         # the next candidate answers every red-team prompt rudely (live answers as before)
@@ -219,10 +216,7 @@ def test_every_rollout_carries_the_graded_penalty_into_ppo(
     training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
     with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
         asst.add_user("alice")
-        for i in range(3):
-            pair = asst.compare("alice", f"topic {i}", **SHORT)
-            asst.choose("alice", pair.id, "a")
-            asst.rate("alice", pair.a.id, 1)
+        give_feedback(asst, "alice")
         report = asst.train("alice")
     assert report.version is not None, report.reason
     metrics = report.metrics
