@@ -221,13 +221,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench import BENCHMARKS
+    from bench import BENCHMARKS, runner
 
     if args.name not in BENCHMARKS:
         raise NotAvailableYet(
             f"benchmark {args.name!r} is not implemented yet; available: {', '.join(BENCHMARKS)}"
         )
-    return BENCHMARKS[args.name](args, args.options)
+    return runner(args.name)(args, args.options)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -244,9 +244,10 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--quantize",
-        choices=["auto", "none", "4bit"],
+        choices=["auto", "none", "4bit", "int8"],
         default="auto",
-        help="4bit = bitsandbytes NF4 base; auto = 4bit on CUDA, fp32 on CPU",
+        help="4bit = bitsandbytes NF4 base; int8 = CPU serving with int8 MLP and output layers "
+        "(training stays fp32); auto = 4bit on CUDA, fp32 on CPU",
     )
     common.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     common.add_argument(
@@ -366,7 +367,9 @@ def parser() -> argparse.ArgumentParser:
 
     bench = add("bench", cmd_bench, "run a benchmark (see bench/)")
     bench.add_argument(
-        "name", help="which benchmark: quantize, personalize, chat-during-training, load"
+        "name",
+        help="which benchmark: quantize, personalize, chat-during-training, load, ppo-vs-trl, "
+        "serving, decode-variants, adaptation, footprint",
     )
     bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)"
