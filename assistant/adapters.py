@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assistant.generation import Forward, bind_forward
 from assistant.model import LoadedModel
 from storage import adapters as adapter_files
 from storage import records
@@ -47,9 +46,14 @@ class AdapterRegistry:
         self._hot: OrderedDict[str, None] = OrderedDict()
         self._leases: Counter[str] = Counter()
         self._lock = threading.RLock()
-        # peft binds per-row adapters with forward hooks it adds and removes around each call,
-        # so two forwards on the same model must not overlap.
+        # held by every forward of the serving model (assistant.batching) and while an adapter
+        # is removed from it: a forward must not see a layer half-changed
         self.forward_lock = threading.Lock()
+
+    @property
+    def hot_count(self) -> int:
+        """Adapters held in memory now (at most `capacity`, plus any still leased)."""
+        return len(self._hot)
 
     @staticmethod
     def adapter_name(user_id: str, version: int) -> str:
@@ -130,17 +134,9 @@ class AdapterRegistry:
                     if name != BASE:
                         self._leases[name] -= 1
 
-    def forward(self, binding: Binding) -> Forward:
-        """A forward function for `generation.stream_tokens`, bound to the batch's adapters."""
-        # Once peft has wrapped the base, its LoRA layers sit inside the base's modules, so
-        # even base rows go through peft, named "__base__".
-        if self.peft is None:
-            return bind_forward(self.base.model, self.forward_lock)
-        return bind_forward(self.peft, self.forward_lock, adapter_names=binding.adapter_names)
-
     def forget_user(self, user_id: str) -> None:
         """Drop a deleted user's adapters from memory."""
-        with self._lock:
+        with self._lock, self.forward_lock:
             for name in [n for n in self._hot if n.startswith(f"{user_id}-v")]:
                 del self._hot[name]
                 self.peft.delete_adapter(name)

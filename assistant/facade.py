@@ -44,6 +44,7 @@ from storage import records
 from storage.db import Store, writing
 
 if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
+    from assistant.batching import DecodeBatcher
     from online_rl.round import Trainer, TrainingConfig, TrainReport
     from online_rl.scheduler import SchedulerConfig, TrainingScheduler
 
@@ -134,6 +135,7 @@ class Assistant:
         records.fail_interrupted_runs(self.store.db)
         self._loaded = loaded
         self._adapters: AdapterRegistry | None = None
+        self._batcher: DecodeBatcher | None = None
         self._load_lock = threading.Lock()
         self._training_config = training
         self._trainer: Trainer | None = None
@@ -155,6 +157,17 @@ class Assistant:
                     base, self.store, self.config.adapters_dir, self.config.hot_adapters
                 )
             return self._adapters
+
+    @property
+    def batcher(self) -> DecodeBatcher:
+        """The one worker that generates every reply, users' concurrent replies batched."""
+        adapters = self.adapters
+        with self._load_lock:
+            if self._batcher is None:
+                from assistant.batching import DecodeBatcher
+
+                self._batcher = DecodeBatcher(adapters, self.config.batch_rows)
+            return self._batcher
 
     @property
     def trainer(self) -> Trainer:
@@ -219,6 +232,8 @@ class Assistant:
 
             training_scheduler.stop_for(self)
             self.scheduler = None
+        if self._batcher is not None:
+            self._batcher.close()
         self.store.close()
 
     def __enter__(self) -> Assistant:
@@ -356,18 +371,17 @@ class Assistant:
         settings: GenerationConfig,
         seeds: Sequence[int],
     ) -> Iterator[tuple[list[list[int]], list[bool], list[int]]]:
-        """Sample one reply per prompt with each user's live adapter; yields progress."""
-        with self.adapters.lease(user_ids) as binding:
-            for rows, ended in generation.stream_reply_tokens(
-                self.adapters.forward(binding),
-                prompts,
-                settings,
-                seeds,
-                self.base.eos_ids,
-                self.base.tokenizer.pad_token_id,
-                self.base.device,
-            ):
-                yield rows, ended, binding.versions
+        """Sample one reply per prompt with each user's live adapter, batched with whatever
+        else is being generated; yields progress and the adapter version of each row."""
+        versions: list[int] = []
+
+        def steps() -> Iterator[list[int]]:
+            for tokens, row_versions in self.batcher.stream(user_ids, prompts, settings, seeds):
+                versions[:] = row_versions
+                yield tokens
+
+        for rows, ended in generation.reply_progress(steps(), len(prompts), self.base.eos_ids):
+            yield rows, ended, versions
 
     def _complete(
         self,
@@ -377,13 +391,8 @@ class Assistant:
         seeds: Sequence[int],
     ) -> tuple[list[generation.Sample], list[int]]:
         """Whole replies, with the adapter version each row ran on."""
-        base = self.base
-        with self.adapters.lease(user_ids) as binding:
-            forward = self.adapters.forward(binding)
-            samples = generation.sample(
-                forward, base.tokenizer, prompts, settings, seeds, base.eos_ids, base.device
-            )
-        return samples, binding.versions
+        rows, ended, versions = generation.last(self._stream(user_ids, prompts, settings, seeds))
+        return generation.to_samples(self.base.tokenizer, rows, ended), versions
 
     def _prepare(self, user: str, message: str, conversation_id: str | None, gen: dict[str, Any]):
         u = self.user(user)

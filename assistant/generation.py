@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -197,6 +197,27 @@ def stream_tokens(
         position_ids = position_ids[:, -1:] + 1
 
 
+def reply_progress(
+    steps: Iterable[Sequence[int]], n_rows: int, eos_ids: set[int]
+) -> Iterator[tuple[list[list[int]], list[bool]]]:
+    """After every step's tokens, yield each row's reply tokens so far (EOS left out) and
+    whether it ended.
+
+    The same lists are updated in place and yielded again; copy them to keep a snapshot.
+    """
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    ended = [False] * n_rows
+    for tokens in steps:
+        for row, t in enumerate(tokens):
+            if ended[row]:
+                continue
+            if t in eos_ids:
+                ended[row] = True
+            else:
+                rows[row].append(t)
+        yield rows, ended
+
+
 def stream_reply_tokens(
     forward: Forward,
     prompts: Sequence[Sequence[int]],
@@ -206,21 +227,9 @@ def stream_reply_tokens(
     pad_id: int,
     device: torch.device,
 ) -> Iterator[tuple[list[list[int]], list[bool]]]:
-    """After every step, yield each row's reply tokens so far (EOS left out) and whether it ended.
-
-    The same lists are updated in place and yielded again; copy them to keep a snapshot.
-    """
-    rows: list[list[int]] = [[] for _ in prompts]
-    ended = [False] * len(prompts)
-    for token in stream_tokens(forward, prompts, settings, seeds, eos_ids, pad_id, device):
-        for row, t in enumerate(token.tolist()):
-            if ended[row]:
-                continue
-            if t in eos_ids:
-                ended[row] = True
-            else:
-                rows[row].append(t)
-        yield rows, ended
+    """`reply_progress` of `stream_tokens`: one batch, on its own, to the end."""
+    steps = stream_tokens(forward, prompts, settings, seeds, eos_ids, pad_id, device)
+    return reply_progress((t.tolist() for t in steps), len(prompts), eos_ids)
 
 
 def last(progress: Iterator[Any]) -> Any:

@@ -32,10 +32,11 @@ class ServeConfig:
     max_message_chars: longer chat messages are refused with a message, nothing stored; the
         facade gets the same limit, so the UI and the API agree.
     concurrency: replies (chat and compare) generated at once; Gradio's
-        `queue(default_concurrency_limit=...)`. Forward passes take one lock and torch already
-        uses every core, so a higher number adds no throughput: 2 lets a second person's reply
-        start while a long one streams (token by token, interleaved), and everything beyond
-        waits in the queue, which has no size limit: requests are queued, never dropped.
+        `queue(default_concurrency_limit=...)`. Replies in flight are decoded together, one
+        forward pass per step for all of them (`assistant.batching`), which costs little more
+        than one reply's step on a CPU: the default matches the batcher's `batch_rows` (16).
+        Everything beyond waits in the queue, which has no size limit: requests are queued,
+        never dropped.
     max_new_tokens, temperature: sampling settings of every reply the app asks for, checked
         at start-up against the facade's limits (max_new_tokens at most ChatConfig's
         max_new_tokens_limit; temperature above 0, as greedy decoding would make both answers
@@ -52,7 +53,7 @@ class ServeConfig:
     data_dir: Path = Path("attune-data")
     model: ModelConfig = field(default_factory=ModelConfig)
     max_message_chars: int = 4000
-    concurrency: int = 2
+    concurrency: int = 16
     max_new_tokens: int = 256
     temperature: float = 0.7
     refresh_seconds: float = 5.0
