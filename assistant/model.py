@@ -246,46 +246,6 @@ def _from_pretrained(source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
         return both()
 
 
-# The layers int8 serving quantizes: most of the weights, and never a LoRA target (adapters adapt
-# the attention projections, online_rl.policy.LoraSettings), so peft still wraps those in fp32.
-INT8_LAYERS = ("gate_proj", "up_proj", "down_proj", "lm_head")
-
-
-def _load_if_present(self: Any, state_dict: dict, prefix: str, *args: Any) -> None:
-    """peft loads an adapter into the whole model with `strict=False`; torch's quantized layers
-    raise KeyError when their own weights are not in it, instead of leaving them as they are."""
-    if any(key.startswith(prefix) for key in state_dict):
-        type(self).__mro__[1]._load_from_state_dict(self, state_dict, prefix, *args)
-
-
-_TOLERANT: dict[type, type] = {}
-
-
-def _tolerant(module: Any) -> None:
-    cls = type(module)
-    if cls not in _TOLERANT:
-        _TOLERANT[cls] = type(cls.__name__, (cls,), {"_load_from_state_dict": _load_if_present})
-    module.__class__ = _TOLERANT[cls]
-
-
-def int8_serving(model: Any) -> None:
-    """Swap the model's big Linear layers for torch's dynamic int8 ones, in place: a quarter of
-    the bytes to read per token, which is what bounds one stream's speed on a CPU."""
-    from torch import nn
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
-
-    names = {
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.split(".")[-1] in INT8_LAYERS
-    }
-    torch.ao.quantization.quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)
-    for module in model.modules():
-        if type(module) in (Int8Linear, LinearPackedParams):
-            _tolerant(module)
-
-
 def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     """Load the frozen base model and its tokenizer, ready for left-padded batches."""
     from transformers import BitsAndBytesConfig
@@ -317,9 +277,5 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"model {config.name!r} has no chat template")
     loaded = LoadedModel(model, tokenizer, device, quantize, source)
-    loaded.pristine = loaded.training_copy()  # fp32: training never sees the int8 layers
-    if config.quantize == "int8":
-        if device.type != "cpu":
-            raise ModelUnavailable("quantize int8 is a CPU option; on CUDA use 4bit")
-        int8_serving(model)
+    loaded.pristine = loaded.training_copy()
     return loaded

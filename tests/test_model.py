@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from assistant import Assistant, ModelUnavailable
 from assistant.config import ModelConfig
@@ -91,23 +90,3 @@ def test_4bit_base_chats_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
         asst.add_user("q")
         reply = asst.chat("q", "hello", max_new_tokens=4, seed=0)
         assert reply.adapter_version == 0
-
-
-def test_int8_serves_int8_mlp_with_fp32_adapters_and_trains_in_fp32(
-    tmp_path: Path, tiny_model_dir: Path
-) -> None:
-    from tests.test_adapters import publish_adapter
-
-    with Assistant.open(tmp_path, model=str(tiny_model_dir), quantize="int8") as asst:
-        layer = asst.base.model.model.layers[0]
-        assert isinstance(layer.mlp.down_proj, torch.ao.nn.quantized.dynamic.Linear)
-        assert type(layer.self_attn.q_proj) is torch.nn.Linear  # LoRA targets stay fp32
-        # the training copy never sees the int8 layers
-        copy = asst.base.training_copy()
-        assert type(copy.model.layers[0].mlp.down_proj) is torch.nn.Linear
-        asst.add_user("q")
-        base_reply = asst.chat("q", "hello", max_new_tokens=6, temperature=0.0)
-        publish_adapter(asst, tiny_model_dir, "q", 1, seed=1)
-        tuned = asst.chat("q", "hello", max_new_tokens=6, temperature=0.0)
-        assert tuned.adapter_version == 1 and tuned.text != base_reply.text
-
