@@ -188,3 +188,24 @@ def test_closing_ends_a_reply_in_progress_with_a_clear_error(asst: Assistant, al
     with pytest.raises(BatcherClosed):
         asst.chat(alice, "anyone?")
     assert asst.conversations(alice) == []  # no half reply was stored
+
+
+def test_rows_beyond_the_limit_wait_for_a_free_slot(asst: Assistant, alice: str) -> None:
+    asst.batcher.max_rows = 2
+    questions = ["one", "two things", "three more things"]
+    expected = [alone(asst, alice, q, seed=i) for i, q in enumerate(questions)]
+    counter = CountingForward(asst.batcher)
+    got: dict[int, list[int]] = {}
+    start = threading.Barrier(len(questions))
+
+    def chat(i: int) -> None:
+        start.wait()
+        got[i] = alone(asst, alice, questions[i], seed=i)
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(questions))] == expected
+    assert max(counter.rows) == 2  # never more than the limit, and the limit was used

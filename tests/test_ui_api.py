@@ -21,6 +21,7 @@ from assistant import Assistant
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, PASSWORDS, add_users, seed_runs, serving
+from ui.chat import visible_text
 from ui.identity import NOT_OPERATOR
 
 OPERATOR_TAB = "operator"  # the Operator tab's id in ui/app.py
@@ -86,7 +87,10 @@ def test_compare_then_both_bad_once(app: tuple) -> None:
     )
     pair = records.get_pair(asst.store.db, pair_id)
     texts = {m["id"]: m["text"] for m in asst.messages("alice", pair["conversation_id"])}
-    assert (texts[pair["answer_a_id"]], texts[pair["answer_b_id"]]) == (answer_a, answer_b)
+    # gr.Markdown shows text through inspect.cleandoc (tabs expanded, common indent removed),
+    # so compare what a reader sees
+    stored = (texts[pair["answer_a_id"]], texts[pair["answer_b_id"]])
+    assert [visible_text(t) for t in stored] == [visible_text(answer_a), visible_text(answer_b)]
     assert alice.predict(pair_id, "both_bad", api_name="/choose").startswith("Saved: Both are bad")
     with pytest.raises(AppError, match="decided already"):
         alice.predict(pair_id, "a", api_name="/choose")
