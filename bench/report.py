@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def bar_plot(
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
     if target is not None:
         ax.axhline(target, color="black", linestyle="--", linewidth=1, label=target_label)
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xticks(range(len(labels)), [textwrap.fill(x, 16) for x in labels], fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if len(series) > 1 or target is not None:
