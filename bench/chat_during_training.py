@@ -19,14 +19,10 @@ import torch
 
 from assistant import Assistant, Delta
 from bench.fresh import open_fresh
+from bench.questions import EVERYDAY
 
 RESULTS = Path(__file__).parent / "results"
-QUESTIONS = [
-    "What is a good name for a cat?",
-    "How do I boil an egg?",
-    "Why is the sea salty?",
-    "Give me a tip for sleeping better.",
-]
+QUESTIONS = EVERYDAY[:4]
 
 
 def p95(xs: list[float]) -> float:

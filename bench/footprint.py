@@ -41,22 +41,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.questions import EVERYDAY
+
 REPO = Path(__file__).resolve().parent.parent
 MARK = "FOOTPRINT_RESULT "  # a child process's result line on stdout
 MIB = 1 << 20
 TEACHER = "teacher"  # the user whose real round makes the version every other user copies
 WARMUP = "warmup"  # an account without a version: the bare-base reply that sets the baseline
 STATUS_KEYS = {"VmRSS": "rss_mib", "VmHWM": "hwm_mib", "RssAnon": "anon_mib", "RssFile": "file_mib"}
-QUESTIONS = [
-    "What is a good name for a cat?",
-    "How do I boil an egg?",
-    "Why is the sea salty?",
-    "Give me a tip for sleeping better.",
-    "What should I pack for a day hike?",
-    "How do plants drink water?",
-    "What is a haiku?",
-    "How do I keep basil alive?",
-]
+QUESTIONS = EVERYDAY[:8]
 
 
 @dataclass(frozen=True)

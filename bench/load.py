@@ -29,18 +29,12 @@ import torch
 
 from assistant import Assistant
 from bench.fresh import open_fresh
+from bench.questions import EVERYDAY
 from online_rl.scheduler import SchedulerConfig
 from storage import records
 
 RESULTS = Path(__file__).parent / "results"
-QUESTIONS = [  # chat-during-training's four and two more: more distinct turns per user
-    "What is a good name for a cat?",
-    "How do I boil an egg?",
-    "Why is the sea salty?",
-    "Give me a tip for sleeping better.",
-    "What should I pack for a day hike?",
-    "How do plants drink water?",
-]
+QUESTIONS = EVERYDAY[:6]
 WINNERS = ("a", "b", "tie", "both_bad")
 
 
