@@ -7,7 +7,7 @@ an A/B pair) joins the running batch between two steps: its prompts are prefille
 their KV cache is padded on the left to the batch's width and appended. A group leaves as soon
 as its rows end. Every row keeps its own LoRA adapter (peft's `adapter_names`), its sampling
 settings and its seeded generator, so its text does not depend on who else is in the batch
-(the adapters' LoRA runs as batched matmuls: `assistant.stacked_lora`).
+(each row's LoRA runs as batched matmuls, `assistant.stacked_lora`, not through peft).
 
 One worker thread owns the serving model; callers get the tokens of their group step by step
 from a queue (`DecodeBatcher.stream`).
@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from assistant.adapters import AdapterRegistry
 from assistant.config import GenerationConfig
@@ -89,11 +88,6 @@ def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
-def mergeable(cache: DynamicCache) -> bool:
-    """Only plain full-attention layers can be padded and stacked (no sliding windows)."""
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
 def merge_caches(
     a: DynamicCache, a_mask: torch.Tensor, b: DynamicCache, b_mask: torch.Tensor
 ) -> tuple[DynamicCache, torch.Tensor]:
@@ -139,6 +133,7 @@ class DecodeBatcher:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._lora: StackedLora | None = None  # per-row LoRA, once the model holds adapters
+        self._adapters_changed = True
 
     # the callers' side ------------------------------------------------------------------------
 
@@ -195,22 +190,26 @@ class DecodeBatcher:
                     self._waiting.clear()
                     return
                 joining = self._take_joining(batch)
-            try:
-                with torch.inference_mode():
-                    if joining:
+            with torch.inference_mode():
+                if joining:
+                    try:
                         self._join(batch, joining)
-                    elif batch.groups:
-                        self._step(batch)
+                    except Exception as e:  # the new rows fail; the running ones go on
+                        log.exception("a reply could not join the batch")
+                        self._fail(joining, e)
                     self._leave(batch)
-            except Exception as e:  # a failed step fails the rows in it, not the worker
-                log.exception("generation step failed")
-                self._fail(batch.groups + joining, e)
-                batch = Batch()
+                if batch.groups:  # a step on every iteration: joins never stall running rows
+                    try:
+                        self._step(batch)
+                    except Exception as e:  # a failed step fails its rows, not the worker
+                        log.exception("generation step failed")
+                        self._fail(batch.groups, e)
+                        batch = Batch()
+                        continue
+                    self._leave(batch)
 
     def _take_joining(self, batch: Batch) -> list[Group]:
-        """Waiting groups that fit now, oldest first (all of them only if the cache merges)."""
-        if batch.groups and batch.cache is not None and not mergeable(batch.cache):
-            return []
+        """Waiting groups that fit now, oldest first."""
         joining: list[Group] = []
         free = self.max_rows - batch.rows
         while self._waiting:
@@ -236,22 +235,22 @@ class DecodeBatcher:
         with registry.forward_lock:
             if registry.peft is None:
                 return self.base.model(use_cache=True, logits_to_keep=1, **inputs)
-            if self._lora is None or self._lora.model is not registry.peft:
+            if self._lora is None:
                 self._lora = StackedLora(registry.peft)
+            if self._adapters_changed:
                 self._lora.refresh()
+                self._adapters_changed = False
             self._lora.use(names)
             return registry.peft(use_cache=True, logits_to_keep=1, **inputs)
 
     def _join(self, batch: Batch, joining: list[Group]) -> None:
         """Prefill the joining groups together and append them to the batch."""
-        loaded = self.registry.peft
         for group in joining:
             binding = group.stack.enter_context(self.registry.lease(group.user_ids))
             group.adapter_names, group.versions = binding.adapter_names, binding.versions
             group.generators = [torch.Generator().manual_seed(s) for s in group.seeds]
             group.finished = [False] * len(group.prompts)
-        if self._lora is not None and self.registry.peft is loaded:
-            self._lora.refresh()  # the leases may have loaded adapters
+        self._adapters_changed = True  # the leases may have loaded adapters
         prompts = [p for g in joining for p in g.prompts]
         ids, mask = left_pad(prompts, self.base.tokenizer.pad_token_id, self.base.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)

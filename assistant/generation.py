@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,30 +25,25 @@ Turn = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": st
 Forward = Callable[..., Any]  # the model's forward, bound to the adapters of the batch
 
 
-def bind_forward(
-    model: Any, lock: AbstractContextManager[Any] | None = None, **extra: Any
-) -> Forward:
+def bind_forward(model: Any, **extra: Any) -> Forward:
     """One KV-cached decoding step of `model`, as `stream_tokens` calls it.
 
     Only the last position's logits are computed (the vocabulary projection over a whole prompt
-    is most of a prefill's cost). `extra` goes to the model, e.g. peft's `adapter_names`;
-    `lock` serialises steps when the model cannot run two forwards at once.
+    is most of a prefill's cost). `extra` goes to the model, e.g. peft's `adapter_names`.
     """
-    guard = lock if lock is not None else nullcontext()
 
     def step(
         input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, past: Any
     ) -> Any:
-        with guard:
-            return model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
+        return model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+            **extra,
+        )
 
     return step
 

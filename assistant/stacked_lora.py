@@ -23,8 +23,13 @@ from assistant.adapters import BASE
 
 def _factors(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The adapter's (A^T, scaling * B^T) in this layer, or None where it does not adapt it."""
-    if name == BASE or name not in layer.lora_A:
+    if name == BASE or (name not in layer.lora_A and name not in layer.lora_embedding_A):
         return None
+    if name in layer.lora_embedding_A or layer.use_dora.get(name) or layer.lora_bias.get(name):
+        raise NotImplementedError(
+            f"adapter {name}: serving stacks plain LoRA on Linear layers only "
+            "(no embedding LoRA, DoRA or LoRA bias)"
+        )
     a = layer.lora_A[name].weight  # (r, in)
     b = layer.lora_B[name].weight  # (out, r)
     return a.t(), b.t() * layer.scaling[name]

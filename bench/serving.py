@@ -6,7 +6,8 @@ Modes, alternated A B C ... per repeat (median of the repeats):
 - attune base / attune adapter: one user's reply through the serving path (the facade's
   continuous batcher), a user on the bare base, then a user with their own LoRA adapter.
 - N users batched: N users, each with their own adapter, ask at the same moment; the batcher
-  decodes their rows together (peft `adapter_names`, one forward per step).
+  decodes their rows together (one forward per step, each row's LoRA stacked:
+  `assistant.stacked_lora`).
 - N users one at a time: the same, with the batcher limited to one row: each request waits for
   the one before, and each forward runs one user's adapter (switching adapters per request).
 

@@ -209,3 +209,29 @@ def test_rows_beyond_the_limit_wait_for_a_free_slot(asst: Assistant, alice: str)
         t.join()
     assert [got[i] for i in range(len(questions))] == expected
     assert max(counter.rows) == 2  # never more than the limit, and the limit was used
+
+
+def test_a_reply_that_cannot_join_fails_alone(
+    asst: Assistant, alice: str, bob: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A joining reply's error (its adapter vanished, its prefill ran out of memory) ends that
+    reply only; the ones already running go on untouched."""
+    reference = alone(asst, alice, "tell me everything", seed=1, max_new_tokens=20)
+    settings = asst._settings({**SAMPLED, "max_new_tokens": 20, "seed": 1})
+    running = asst._stream(
+        [asst.user(alice).id], [prompt_ids(asst, "tell me everything")], settings, [1]
+    )
+    next(running)
+    lease = asst.adapters.lease
+    bob_id = asst.user(bob).id
+
+    def failing_lease(user_ids):
+        if bob_id in user_ids:
+            raise OSError("adapter folder vanished")
+        return lease(user_ids)
+
+    monkeypatch.setattr(asst.adapters, "lease", failing_lease)
+    with pytest.raises(OSError, match="vanished"):
+        asst.chat(bob, "hi", **SAMPLED)
+    rows, _, _ = list(running)[-1]
+    assert rows[0] == reference

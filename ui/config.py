@@ -34,7 +34,8 @@ class ServeConfig:
     concurrency: replies (chat and compare) generated at once; Gradio's
         `queue(default_concurrency_limit=...)`. Replies in flight are decoded together, one
         forward pass per step for all of them (`assistant.batching`), which costs little more
-        than one reply's step on a CPU: the default matches the batcher's `batch_rows` (16).
+        than one reply's step on a CPU: the default matches the batcher's `batch_rows` (16;
+        a comparison takes two rows, so with many at once some wait inside the batcher).
         Everything beyond waits in the queue, which has no size limit: requests are queued,
         never dropped.
     max_new_tokens, temperature: sampling settings of every reply the app asks for, checked
