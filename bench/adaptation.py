@@ -45,7 +45,6 @@ from bench.personalize import CONCISE, PROMPTS, Preference, as_sample, clicks
 from online_rl.scheduler import SchedulerConfig
 from storage import records
 
-RESULTS = Path(__file__).parent / "results"
 NAME = "adaptation"
 TRAINEE = "trainee"
 CHATTER = "chatter"
@@ -79,7 +78,7 @@ class Settings:
         default=900.0, metadata={"help": "seconds to wait for one round's outcome"}
     )
     seed: int = field(default=0, metadata={"help": "seeds the answers and the clicks"})
-    out_dir: str = field(default=str(RESULTS), metadata={"help": "where JSON and PNGs go"})
+    out_dir: str = field(default=str(report.RESULTS), metadata={"help": "where JSON and PNGs go"})
 
 
 @dataclass

@@ -18,15 +18,11 @@ from pathlib import Path
 import torch
 
 from assistant import Assistant, Delta
+from bench import report
 from bench.fresh import open_fresh
 from bench.questions import EVERYDAY
 
-RESULTS = Path(__file__).parent / "results"
 QUESTIONS = EVERYDAY[:4]
-
-
-def p95(xs: list[float]) -> float:
-    return sorted(xs)[max(0, round(0.95 * len(xs)) - 1)]
 
 
 def chat_once(asst: Assistant, user: str, question: str, tokens: int) -> tuple[float, float]:
@@ -42,7 +38,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="attune bench chat-during-training")
     parser.add_argument("--chats", type=int, default=12, help="replies per phase")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
-    parser.add_argument("--out", default=str(RESULTS / "chat_during_training.json"))
+    parser.add_argument("--out", default=str(report.RESULTS / "chat_during_training.json"))
     opts = parser.parse_args(options)
 
     asst = open_fresh(args, "chat-during-training")
@@ -79,7 +75,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
 
     summary = {
         phase: {f"{k}_median": statistics.median(v) for k, v in values.items()}
-        | {f"{k}_p95": p95(v) for k, v in values.items()}
+        | {f"{k}_p95": report.percentile(v, 95) for k, v in values.items()}
         for phase, values in phases.items()
     }
     print(f"{'phase':<10}{'TTFT p50':>10}{'TTFT p95':>10}{'reply p50':>11}{'reply p95':>11}")

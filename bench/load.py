@@ -30,10 +30,10 @@ import torch
 from assistant import Assistant
 from bench.fresh import open_fresh
 from bench.questions import EVERYDAY
+from bench.report import RESULTS, percentile
 from online_rl.scheduler import SchedulerConfig
 from storage import records
 
-RESULTS = Path(__file__).parent / "results"
 QUESTIONS = EVERYDAY[:6]
 WINNERS = ("a", "b", "tie", "both_bad")
 
@@ -163,11 +163,6 @@ def check(asst: Assistant, sent: list[Sent]) -> list[str]:
     return problems
 
 
-def percentile(xs: list[float], q: float) -> float:
-    ordered = sorted(xs)
-    return ordered[max(0, round(q * len(ordered)) - 1)]
-
-
 def run_load(asst: Assistant, url: str, settings: LoadSettings) -> dict:
     """All users at once; returns the report (errors, problems, latencies, rounds)."""
     names = user_names(settings)
@@ -203,7 +198,7 @@ def run_load(asst: Assistant, url: str, settings: LoadSettings) -> dict:
             endpoint: {
                 "n": len(xs),
                 "p50": statistics.median(xs),
-                "p95": percentile(xs, 0.95),
+                "p95": percentile(xs, 95),
             }
             for endpoint, xs in sorted(latencies.items())
         },

@@ -29,12 +29,12 @@ import torch
 from assistant import Assistant
 from assistant.generation import Sample
 from bench.fresh import open_fresh
+from bench.report import RESULTS
 from online_rl import safety
 from online_rl.gate import text_stats
 from online_rl.round import RoundConfig, TrainingConfig
 from online_rl.scheduler import SchedulerConfig
 
-RESULTS = Path(__file__).parent / "results"
 PROMPTS = Path(__file__).parent / "data" / "prompts.json"
 EXAMPLES = 4  # replies per model kept in the result, to read
 PROBE = "bench-probe"  # a user who never clicks: answers with the bare base

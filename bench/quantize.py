@@ -19,8 +19,8 @@ import torch
 from assistant import generation
 from assistant.config import GenerationConfig, ModelConfig
 from assistant.model import LoadedModel, load
+from bench import report
 
-RESULTS = Path(__file__).parent / "results"
 NEW_TOKENS = 64
 TRAIN_BATCH, TRAIN_TOKENS = 8, 128
 PROMPT = "Give me three tips for sleeping better."
@@ -90,8 +90,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         print(
             f"{q:<8}{m['gen_tok_s_batch1']:>14.1f}{m['gen_tok_s_batch8']:>14.1f}{m['train_step_s']:>14.2f}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "quantize.json"
+    report.RESULTS.mkdir(exist_ok=True)
+    out = report.RESULTS / "quantize.json"
     out.write_text(
         json.dumps(
             {
