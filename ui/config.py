@@ -33,8 +33,8 @@ class ServeConfig:
         facade gets the same limit, so the UI and the API agree.
     concurrency: replies (chat and compare) generated at once; Gradio's
         `queue(default_concurrency_limit=...)`. Replies in flight are decoded together, one
-        forward pass per step for all of them (`assistant.batching`), which costs little more
-        than one reply's step on a CPU: the default matches the batcher's `batch_rows` (16;
+        forward pass per step for all of them (`assistant.batching`; 8 replies get 2.9x one
+        reply's throughput, README "Serving"): the default matches the batcher's `batch_rows` (16;
         a comparison takes two rows, so with many at once some wait inside the batcher).
         Everything beyond waits in the queue, which has no size limit: requests are queued,
         never dropped.
