@@ -781,26 +781,36 @@ class Trainer:
             metrics["value_loss"] = metrics["ppo_value_loss"]
             metrics["policy_loss"] = metrics["ppo_policy_loss"]
         with writing(db):
+            # a candidate may only replace the live version it was compared with: a rollback
+            # made while the round ran stands (checked under the write lock, so none slips in).
+            # A damaged live version the round fell back from is no change: serving never moved.
+            now_live = records.live_version(db, user_id)
+            stale = now_live != live_version and (
+                asst.adapters.usable_version(user_id)[0] != live_version
+            )
+            accept = decision.accept and not stale
+            status = "stale" if stale else "retired" if accept else "rejected"
+            reason = (
+                f"stale: live changed from v{live_version} to v{now_live} while the round ran"
+                if stale
+                else decision.reason
+            )
             records.add_adapter_version(
                 db,
                 user_id,
                 version,
                 str(path),
                 start_version or None,
-                "retired" if decision.accept else "rejected",
-                None if decision.accept else decision.reason,
+                status,
+                None if accept else reason,
                 metrics,
             )
-            if decision.accept:
+            if accept:
                 records.make_live(db, user_id, version, old_status="retired")
             # the run's outcome commits with its version: a crash after this commit must not
             # leave the run 'running' (failed on the next open) beside the version it made live
-            report = TrainReport(
-                decision.accept, version, reward_before, reward_after, kl, decision.reason, metrics
-            )
-            return finish_run(
-                db, run_id, report, started, "accepted" if decision.accept else "rejected"
-            )
+            report = TrainReport(accept, version, reward_before, reward_after, kl, reason, metrics)
+            return finish_run(db, run_id, report, started, "accepted" if accept else "rejected")
 
 
 def finish_run(

@@ -93,7 +93,7 @@ def m001_initial(db: Database) -> None:
             "version": int,
             "path": str,
             "parent": int,
-            "status": str,  # live / rejected / rolled_back / retired
+            "status": str,  # live / rejected / stale / rolled_back / retired
             "reason": str,
             "metrics": str,  # JSON
             "created": str,

@@ -273,6 +273,17 @@ def next_version(db: Database, user_id: str) -> int:
     return (last["v"] if last and last["v"] is not None else 0) + 1
 
 
+def live_version(db: Database, user_id: str) -> int:
+    """The user's live version as the database says now (0: the bare base). A round compares
+    it with the one it started from before its candidate may replace it."""
+    row = _first(
+        db,
+        "select version from adapter_versions where user_id = ? and status = 'live'",
+        [user_id],
+    )
+    return row["version"] if row else 0
+
+
 def make_live(db: Database, user_id: str, version: int | None, old_status: str) -> None:
     """Switch the user's live version in one transaction: the current live one gets
     `old_status` (retired after a newer one is accepted, rolled_back on a rollback); None

@@ -214,6 +214,31 @@ def test_rollback_refuses_a_damaged_version(accepting: Assistant) -> None:
     assert accepting.chat("alice", "fine?", **SHORT).adapter_version == 2
 
 
+def test_a_rollback_during_a_round_is_not_undone_by_its_candidate(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl import gate
+
+    give_feedback(accepting, "alice")
+    assert accepting.train("alice").accepted  # v1 live
+    decide = gate.decide
+
+    def operator_rolls_back_meanwhile(*args, **kwargs):
+        decision = decide(*args, **kwargs)
+        accepting.rollback("alice", 0)  # while the round compared against v1
+        return decision
+
+    monkeypatch.setattr(gate, "decide", operator_rolls_back_meanwhile)
+    report = accepting.train("alice")
+    assert not report.accepted and report.version == 2
+    assert report.reason.startswith("stale: live changed from v1 to v0 while the round ran")
+    statuses = {v["version"]: (v["status"], v["reason"]) for v in accepting.versions("alice")}
+    assert statuses[1] == ("rolled_back", None)
+    assert statuses[2][0] == "stale" and statuses[2][1] == report.reason
+    assert accepting.trends("alice")[-1]["outcome"] == "rejected"
+    assert accepting.chat("alice", "base still?", **SHORT).adapter_version == 0
+
+
 def test_features_are_computed_once_per_reply_and_cached(accepting: Assistant) -> None:
     give_feedback(accepting, "alice")
     accepting.train("alice")
