@@ -60,7 +60,8 @@ class AdapterRegistry:
         return f"{user_id}-v{version}"
 
     def usable_version(self, user_id: str) -> tuple[int, Path | None]:
-        """The user's live version, or the newest older retired one if it is damaged.
+        """The user's live version, or the newest older retired one if it is damaged (one
+        whose files were pruned is no candidate: `storage.retention`).
 
         No live version means the bare base (version 0, after a rollback to the base or before
         any accepted round). Files are checked against their manifest when a version is loaded,
@@ -77,7 +78,7 @@ class AdapterRegistry:
         fallbacks = [
             r
             for r in reversed(rows)
-            if r["status"] == "retired" and r["version"] < live[0]["version"]
+            if r["status"] == "retired" and r["version"] < live[0]["version"] and not r["pruned"]
         ]
         for row in live + fallbacks:
             path = Path(row["path"])

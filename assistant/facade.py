@@ -605,9 +605,10 @@ class Assistant:
         return self.scheduler.state(u.id) if self.scheduler is not None else None
 
     def versions(self, user: str) -> list[dict[str, Any]]:
-        """The user's adapter versions, oldest first, with status and the reason of rejections."""
+        """The user's adapter versions, oldest first, with status, the reason of rejections and
+        when their files were pruned (None while kept)."""
         u = self.user(user)
-        keys = ("version", "parent", "status", "reason", "created")
+        keys = ("version", "parent", "status", "reason", "created", "pruned")
         return [
             {k: r[k] for k in keys} | {"metrics": json.loads(r["metrics"] or "{}")}
             for r in records.list_adapter_versions(self.store.db, u.id)
@@ -616,30 +617,40 @@ class Assistant:
     def rollback(self, user: str, version: int) -> None:
         """Make an earlier version live again (0 = the bare base model).
 
-        The version must have been live before (retired or rolled back) and be intact on disk;
-        the current live version becomes rolled_back. Replies in flight finish on the old one.
+        The version must have been live before (retired or rolled back), keep its files (not
+        pruned) and be intact on disk; the current live version becomes rolled_back. Replies in
+        flight finish on the old one. Checked and switched in one write transaction, so pruning
+        cannot take the files away in between.
         """
         u = self.user(user)
         if type(version) is not int or version < 0:
             raise InvalidInput(f"version must be a whole number >= 0, not {version!r}")
-        rows = {r["version"]: r for r in records.list_adapter_versions(self.store.db, u.id)}
-        live = next((v for v, r in rows.items() if r["status"] == "live"), 0)
-        if version == live:
-            raise InvalidInput(f"version {version} is live already")
-        if version != 0:
-            row = rows.get(version)
-            if row is None:
-                raise NotFound(f"user {user!r} has no adapter version {version}")
-            if row["status"] not in ("retired", "rolled_back"):
-                raise InvalidInput(
-                    f"version {version} is {row['status']}: only versions that were live can "
-                    "come back"
-                )
-            try:
-                adapter_files.verify_version(Path(row["path"]))
-            except adapter_files.CorruptAdapter as e:
-                raise InvalidInput(f"version {version} is damaged on disk: {e}") from e
-        records.make_live(self.store.db, u.id, version or None, old_status="rolled_back")
+        db = self.store.db
+        with writing(db):
+            if version == records.live_version(db, u.id):
+                raise InvalidInput(f"version {version} is live already")
+            if version != 0:
+                rows = {r["version"]: r for r in records.list_adapter_versions(db, u.id)}
+                self._check_restorable(user, version, rows.get(version))
+            records.make_live(db, u.id, version or None, old_status="rolled_back")
+
+    @staticmethod
+    def _check_restorable(user: str, version: int, row: records.Row | None) -> None:
+        """Raise unless the version may come back: it was live before and its files are whole."""
+        if row is None:
+            raise NotFound(f"user {user!r} has no adapter version {version}")
+        if row["status"] not in ("retired", "rolled_back"):
+            raise InvalidInput(
+                f"version {version} is {row['status']}: only versions that were live can come back"
+            )
+        if row["pruned"]:
+            raise InvalidInput(
+                f"version {version} cannot come back: its files were pruned on {row['pruned'][:10]}"
+            )
+        try:
+            adapter_files.verify_version(Path(row["path"]))
+        except adapter_files.CorruptAdapter as e:
+            raise InvalidInput(f"version {version} is damaged on disk: {e}") from e
 
     def trends(self, user: str) -> list[dict[str, Any]]:
         """One row per training run, oldest first: what the operator's trend plot draws."""

@@ -97,5 +97,20 @@ def remove_partial_writes(root: Path) -> list[Path]:
     return removed
 
 
+def delete_version(root: Path, user_id: str, version: int) -> bool:
+    """Delete one version's folder; False if it was not there. The folder is first renamed to
+    a temporary name, so a crash mid-delete leaves something `remove_partial_writes` sweeps,
+    never a half version under a version's name."""
+    final = version_dir(root, user_id, version)
+    temp = final.parent / f"{TEMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(final, temp)
+    except FileNotFoundError:
+        return False
+    _fsync(final.parent)
+    shutil.rmtree(temp, ignore_errors=True)  # what is left is swept on the next open
+    return True
+
+
 def delete_user_versions(root: Path, user_id: str) -> None:
     shutil.rmtree(Path(root) / user_id, ignore_errors=True)

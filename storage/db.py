@@ -144,6 +144,13 @@ def m003_retired_names(db: Database) -> None:
     db["retired_names"].create({"name": str, "retired": str}, pk="name")
 
 
+@migrations()
+def m004_pruned_versions(db: Database) -> None:
+    """When a version's folder was pruned (NULL while its files are kept): the row stays, as
+    the history the operator reads, but the version can no longer come back."""
+    db["adapter_versions"].add_column("pruned", str)
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

@@ -300,6 +300,24 @@ def make_live(db: Database, user_id: str, version: int | None, old_status: str) 
             )
 
 
+def mark_pruned(db: Database, user_id: str, versions: Iterable[int]) -> list[int]:
+    """Record that these versions' folders are going away; the live one is never marked, even
+    if it became live since the caller looked. Returns the versions marked now. Call before
+    deleting the folders: a crash in between leaves a marked row whose folder the next prune
+    deletes, never a row that looks restorable without its files."""
+    marked = []
+    with writing(db):
+        for version in versions:
+            cursor = db.execute(
+                "update adapter_versions set pruned = ? where user_id = ? and version = ? "
+                "and status != 'live' and pruned is null",
+                [now(), user_id, version],
+            )
+            if cursor.rowcount:
+                marked.append(version)
+    return marked
+
+
 def start_training_run(db: Database, user_id: str) -> Row:
     row = {
         "id": new_id(),

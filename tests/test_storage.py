@@ -33,6 +33,7 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m001_initial",
         "m002_training",
         "m003_retired_names",
+        "m004_pruned_versions",
     ]
 
 

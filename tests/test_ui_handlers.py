@@ -295,6 +295,7 @@ def test_operator_dashboard_rollback_and_train_now(users: Assistant) -> None:
         "status": "rejected",
         "reason": reason,
         "created": None,
+        "pruned": "",
     }
     with pytest.raises(gr.Error, match="only versions that were live can come back"):
         ops.rollback("bob", 1, as_user("olga"))

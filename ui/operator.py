@@ -23,7 +23,7 @@ REWARD_SERIES = {
     "reward_before": "reward before (live)",
     "reward_after": "reward after (candidate)",
 }
-VERSION_COLUMNS = ["version", "parent", "status", "reason", "created"]
+VERSION_COLUMNS = ["version", "parent", "status", "reason", "created", "pruned"]
 VOLUME_KINDS = {"thumbs_up": "thumbs up", "thumbs_down": "thumbs down", "choices": "A/B choices"}
 SAFETY_COLUMNS = {
     "user": "user",
@@ -87,7 +87,14 @@ def volume_frame(asst: Assistant) -> pd.DataFrame:
 
 
 def versions_frame(versions: list[dict[str, Any]]) -> pd.DataFrame:
-    rows = [{**{k: v[k] for k in VERSION_COLUMNS}, "created": when(v["created"])} for v in versions]
+    rows = [
+        {
+            **{k: v[k] for k in VERSION_COLUMNS},
+            "created": when(v["created"]),
+            "pruned": when(v["pruned"]) if v["pruned"] else "",  # files gone: cannot come back
+        }
+        for v in versions
+    ]
     return pd.DataFrame(rows, columns=VERSION_COLUMNS)
 
 
