@@ -7,6 +7,7 @@ training round writes; the busy timeout makes concurrent writers wait instead of
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 BUSY_TIMEOUT_MS = 10_000
+VERSION_NAME = re.compile(r"v[0-9]+")  # a version folder's name (storage.adapters.version_dir)
 
 migrations = Migrations("attune")
 
@@ -149,6 +151,23 @@ def m004_pruned_versions(db: Database) -> None:
     """When a version's folder was pruned (NULL while its files are kept): the row stays, as
     the history the operator reads, but the version can no longer come back."""
     db["adapter_versions"].add_column("pruned", str)
+
+
+@migrations()
+def m005_relative_version_paths(db: Database) -> None:
+    """Version paths relative to the data folder (`storage.records.add_adapter_version`).
+    Earlier rows hold absolute paths, perhaps of where the folder used to be, so each keeps
+    just its tail when that has the shape every version folder has, adapters/<user>/v<N>;
+    any other path is left as it is."""
+    rows = db.execute("select id, user_id, path from adapter_versions").fetchall()
+    for row_id, user_id, path in rows:
+        if not path or not Path(path).is_absolute():
+            continue
+        tail = Path(path).parts[-3:]
+        if len(tail) == 3 and tail[:2] == ("adapters", user_id) and VERSION_NAME.fullmatch(tail[2]):
+            db.execute(
+                "update adapter_versions set path = ? where id = ?", ["/".join(tail), row_id]
+            )
 
 
 def connect(path: Path | str) -> Database:

@@ -11,6 +11,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
@@ -253,10 +254,32 @@ def set_pair_winner(db: Database, pair_id: str, winner: str) -> bool:
 # training history -----------------------------------------------------------------------------
 
 
+def data_folder(db: Database) -> Path | None:
+    """The folder of the database file (the data folder; None for a database in memory)."""
+    for _seq, name, file in db.execute("pragma database_list").fetchall():
+        if name == "main" and file:
+            return Path(file).parent
+    return None
+
+
+def _stored_path(db: Database, path: str) -> str:
+    """A version folder's path as stored: relative to the data folder when it lies inside it,
+    so a data folder that is moved or restored elsewhere still finds its versions."""
+    folder = data_folder(db)
+    if folder is None:
+        return path
+    try:
+        return Path(path).resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:  # outside the data folder: only an absolute path can say where
+        return str(Path(path).resolve())
+
+
 def list_adapter_versions(db: Database, user_id: str) -> list[Row]:
-    return list(
-        db.query("select * from adapter_versions where user_id = ? order by version", [user_id])
-    )
+    """The user's versions, oldest first; `path` is resolved against where the data folder
+    is now (the one place stored paths are read)."""
+    folder = data_folder(db) or Path()
+    rows = db.query("select * from adapter_versions where user_id = ? order by version", [user_id])
+    return [r | {"path": str(folder / r["path"]) if r["path"] else r["path"]} for r in rows]
 
 
 def version_metrics(db: Database, user_id: str, version: int) -> dict[str, Any]:
@@ -530,11 +553,13 @@ def add_adapter_version(
     reason: str | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> Row:
+    """Record a version whose folder is `path` (stored relative to the data folder, so a
+    moved data folder keeps its versions; `list_adapter_versions` gives it back whole)."""
     row = {
         "id": new_id(),
         "user_id": user_id,
         "version": version,
-        "path": path,
+        "path": _stored_path(db, path),
         "parent": parent,
         "status": status,
         "reason": reason,

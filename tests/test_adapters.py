@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -85,3 +86,17 @@ def test_cold_adapters_are_evicted_but_reload(tmp_path: Path, tiny_model_dir: Pa
     assert len(asst.adapters._hot) == 1  # u1's adapter went back to disk
     again = asst.chat("u1", "hi", seed=0, **GREEDY)
     assert again.text == first.text and again.adapter_version == 1
+
+
+def test_a_moved_data_folder_keeps_serving_the_live_version(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as asst:
+        asst.add_user("alice")
+        publish_adapter(asst, tiny_model_dir, "alice", 1, seed=1)
+        assert asst.chat("alice", "hi", seed=0, **GREEDY).adapter_version == 1
+    shutil.move(tmp_path / "data", tmp_path / "restored")
+    with Assistant.open(tmp_path / "restored", model=str(tiny_model_dir)) as asst:
+        assert asst.chat("alice", "hi", seed=0, **GREEDY).adapter_version == 1
+        (row,) = records.list_adapter_versions(asst.store.db, asst.user("alice").id)
+        assert Path(row["path"]).is_relative_to(tmp_path / "restored")

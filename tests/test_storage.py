@@ -34,6 +34,7 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m002_training",
         "m003_retired_names",
         "m004_pruned_versions",
+        "m005_relative_version_paths",
     ]
 
 
@@ -138,3 +139,35 @@ def test_leftover_temp_folders_are_swept(tmp_path: Path) -> None:
     (leftover / "half.bin").write_bytes(b"x")
     assert adapter_files.remove_partial_writes(tmp_path) == [leftover]
     assert not leftover.exists()
+
+
+def test_absolute_version_paths_become_relative_to_the_data_folder(tmp_path: Path) -> None:
+    path = tmp_path / "restored" / "attune.db"
+    path.parent.mkdir()
+    db = connect(path)
+    user_id = records.add_user(db, "u", None, "user")["id"]
+    # rows as earlier releases wrote them: absolute, here from where the folder used to be
+    for version, stored in (
+        (1, f"/old/place/data/adapters/{user_id}/v00001"),
+        (2, "/somewhere/else/entirely"),
+    ):
+        db["adapter_versions"].insert(
+            {
+                "id": records.new_id(),
+                "user_id": user_id,
+                "version": version,
+                "path": stored,
+                "status": "retired",
+                "metrics": "{}",
+                "created": records.now(),
+            }
+        )
+    db.execute("delete from _sqlite_migrations where name = 'm005_relative_version_paths'")
+    db.conn.commit()
+    db.close()
+    db = connect(path)  # applies the migration again
+    stored = [r[0] for r in db.execute("select path from adapter_versions order by version")]
+    assert stored == [f"adapters/{user_id}/v00001", "/somewhere/else/entirely"]
+    rows = records.list_adapter_versions(db, user_id)
+    assert Path(rows[0]["path"]) == tmp_path / "restored" / "adapters" / user_id / "v00001"
+    assert rows[1]["path"] == "/somewhere/else/entirely"  # not of the data folder's shape: kept

@@ -83,14 +83,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
 
 
 def copy_of(template: Path, to: Path) -> Path:
-    """A copy of a prepared folder. The database records each version's folder by its
-    absolute path, so the copy's rows are pointed at the copy's own folders."""
+    """A copy of a prepared folder (version paths are stored relative to the data folder, so
+    the copy's rows point at the copy's own folders)."""
     shutil.copytree(template, to)
-    with closing(sqlite3.connect(to / "data" / "attune.db")) as db, db:
-        db.execute(
-            "update adapter_versions set path = ? || substr(path, ?)",
-            [f"{to}/", len(f"{template}/") + 1],
-        )
     return to
 
 
