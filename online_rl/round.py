@@ -6,7 +6,8 @@
 3. iterations of: sample replies to the user's own recent prompts -> score them with the reward
    head -> one PPO update with the KL leash (`online_rl.ppo`) -> supervised steps on the best
    sample of each prompt (best-of-n distillation: the reward head ranks fresh samples).
-4. gate: candidate vs live on held-out prompts (`online_rl.gate`); the candidate is written
+4. gate: two staged tests (`online_rl.gate`): better than live on held-out prompts (paired,
+   fresh seeds) and not less safe than the base on red-team prompts; the candidate is written
    atomically either way, and becomes live only if accepted.
 
 Why not PPO alone: at this scale PPO with a sparse score moves too slowly to be felt (see the
@@ -22,6 +23,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +32,9 @@ import torch
 
 from assistant import generation
 from assistant.config import HARMFUL_REASON, GenerationConfig
-from online_rl import gate, reward, safety
+from online_rl import gate, release_tests, reward, safety
 from online_rl.policy import (
+    BASE,
     TRAINABLE,
     Batch,
     LoraSettings,
@@ -47,10 +50,12 @@ from online_rl.ppo import (
     ppo_update,
     shaped_scores,
 )
+from online_rl.release_tests import Look, StagedTest
 from online_rl.warm_start import preference_step, sequence_logprob, supervised_step
 from storage import adapters as adapter_files
 from storage import records
 from storage.db import writing
+from storage.retention import RetentionConfig, prune_versions
 
 if TYPE_CHECKING:
     from assistant.facade import Assistant
@@ -87,15 +92,12 @@ class RoundConfig:
         (RPO): it anchors the update to text the policy itself wrote. Not used on the user's
         A/B pairs, whose winner may only be the lesser of two bad replies.
     ppo: run the PPO update on the rollouts (off: best-of-n distillation alone; for ablations).
-    gate_replies: held-out replies per model at the gate (cycling through the held-out
-        prompts; candidate and live use the same seeds, so their difference is less noisy).
-    gate_seed: the k-th gate reply to a held-out prompt uses seed gate_seed + k (fixed, so the
-        live version's replies are generated once and reused while it stays live).
     resume_refused: a round goes on from the user's newest candidate instead of the live version
         when that candidate was refused only for not beating live (its text and KL passed) and
         live has not changed since: small steps then add up over rounds instead of being thrown
         away. The gate still compares against live, and the KL budget ends a branch that drifts.
-    seed: fixes the round's sampling (None: a fresh seed each round).
+    seed: makes the rounds' sampling reproducible: the n-th round of a user draws from seed and
+        n, so each round still gets its own seeds (the gate's fresh draws); None: random.
     """
 
     min_feedback: int = 4
@@ -118,8 +120,6 @@ class RoundConfig:
     ranked_pair_margin: float = 1.0
     ranked_nll_weight: float = 1.0
     ppo: bool = True
-    gate_replies: int = 16
-    gate_seed: int = 7
     resume_refused: bool = True
     seed: int | None = None
 
@@ -134,6 +134,7 @@ class TrainingConfig:
     round: RoundConfig = field(default_factory=RoundConfig)
     safety: safety.SafetyConfig = field(default_factory=safety.SafetyConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,106 @@ class Example:
     reply: list[int]
 
 
+@dataclass(frozen=True)
+class GateMeasure:
+    """What the gate measured: the two tests' last looks and the checks on the text."""
+
+    gain: Look
+    red_team: gate.RedTeamLooks | None
+    kl: float  # mean over the candidate's held-out replies, summed over tokens
+    kl_per_token: float
+    candidate_text: gate.TextStats
+    live_text: gate.TextStats
+    reward_before: float  # live's mean score on the held-out pairs
+    reward_after: float  # the candidate's
+
+    def metrics(self) -> dict[str, Any]:
+        red = self.red_team
+        return {
+            "reward_before": self.reward_before,
+            "reward_after": self.reward_after,
+            "gain": self.gain.mean,
+            "gain_lower_bound": self.gain.lower,
+            "gate_pairs": self.gain.n,
+            "kl": self.kl,
+            "kl_per_token": self.kl_per_token,
+            "red_team_replies": red.rate.n if red else 0,
+            "red_team_offensive_rate": red.candidate_rate if red else None,
+            "base_red_team_offensive_rate": red.base_rate if red else None,
+            "red_team_rate_rise_upper_bound": red.rate.upper if red else None,
+            "red_team_offensive_probability": red.candidate_probability if red else None,
+            "base_red_team_offensive_probability": red.base_probability if red else None,
+            "red_team_edginess_rise_upper_bound": red.edginess.upper if red else None,
+            "candidate_truncated_share": self.candidate_text.truncated_share,
+            "candidate_repetition": self.candidate_text.repetition,
+            "candidate_sameness": self.candidate_text.sameness,
+            "live_sameness": self.live_text.sameness,
+            "live_truncated_share": self.live_text.truncated_share,
+        }
+
+
+@dataclass
+class GateSamples:
+    """Everything the gate has sampled so far in a round, in order."""
+
+    gains: list[float] = field(default_factory=list)  # candidate - live, per held-out pair
+    candidate_scores: list[float] = field(default_factory=list)
+    live_scores: list[float] = field(default_factory=list)
+    kl_sums: list[float] = field(default_factory=list)  # per candidate reply
+    reply_tokens: int = 0
+    candidate_texts: list[str] = field(default_factory=list)
+    live_texts: list[str] = field(default_factory=list)
+    candidate_ended: list[bool] = field(default_factory=list)
+    live_ended: list[bool] = field(default_factory=list)
+    red_prompt: list[int] = field(default_factory=list)  # which red-team prompt, per reply
+    red_flagged: list[bool] = field(default_factory=list)
+    red_probability: list[float] = field(default_factory=list)
+
+    def red_team_looks(
+        self, config: gate.GateConfig, baseline: list[tuple[float, float]]
+    ) -> gate.RedTeamLooks:
+        """The safety test on the red-team replies so far: each reply minus the base's share
+        (probability) on the same prompt, against the margins."""
+        rate = [f - baseline[p][0] for f, p in zip(self.red_flagged, self.red_prompt, strict=True)]
+        edge = [
+            x - baseline[p][1] for x, p in zip(self.red_probability, self.red_prompt, strict=True)
+        ]
+        return gate.RedTeamLooks(
+            release_tests.non_inferiority(rate, config.red_team_rate_margin, config.red_team),
+            release_tests.non_inferiority(edge, config.red_team_edginess_margin, config.red_team),
+            candidate_rate=sum(self.red_flagged) / len(self.red_flagged),
+            base_rate=sum(baseline[p][0] for p in self.red_prompt) / len(self.red_prompt),
+            candidate_probability=sum(self.red_probability) / len(self.red_probability),
+            base_probability=sum(baseline[p][1] for p in self.red_prompt) / len(self.red_prompt),
+        )
+
+    def measure(self, gain: Look, red_team: gate.RedTeamLooks | None) -> GateMeasure:
+        n = len(self.gains)
+        return GateMeasure(
+            gain,
+            red_team,
+            kl=sum(self.kl_sums) / n,
+            kl_per_token=sum(self.kl_sums) / max(1, self.reply_tokens),
+            candidate_text=gate.text_stats(self.candidate_texts, self.candidate_ended),
+            live_text=gate.text_stats(self.live_texts, self.live_ended),
+            reward_before=sum(self.live_scores) / n,
+            reward_after=sum(self.candidate_scores) / n,
+        )
+
+
+def _verdict(look: Look | gate.RedTeamLooks | None) -> str | None:
+    return None if look is None else look.verdict
+
+
+def _still_needed(look: Look | gate.RedTeamLooks | None, test: StagedTest, have: int) -> int:
+    """How many more samples the test's next look needs (0 once it has decided)."""
+    if look is None:
+        return test.stages[0] - have
+    if look.verdict != "more":
+        return 0
+    return (release_tests.next_count(test, have) or have) - have
+
+
 class Trainer:
     """Runs rounds for an `Assistant`, one at a time, on one trainable copy of the base."""
 
@@ -177,9 +278,9 @@ class Trainer:
         # The base is frozen and versions are immutable, so both caches stay valid:
         # a stored reply's base log-prob (DPO's reference), keyed by message id ...
         self._reference_logprobs: dict[str, float] = {}
-        # ... and a version's gate replies, keyed by (user, version, prompt, seed): the live
-        # version's side of the gate is generated once, as the candidate it was.
-        self._gate_replies: dict[tuple, tuple[list[int], bool]] = {}
+        # ... and the base's offensive share and probability per red-team prompt (the gate's
+        # safety reference)
+        self._baseline: list[tuple[float, float]] | None = None
         # per user: rollout samples the reward head said the user would like, with their
         # features, so later rounds can re-judge them with the newer head and imitate them again
         self._liked_pool: dict[str, list[tuple[Example, torch.Tensor]]] = {}
@@ -384,41 +485,108 @@ class Trainer:
             ]
         return self._red_team_ids
 
-    def _gate_sample(
-        self, user_id: str, live_version: int, prompts: list[list[int]], seeds: list[int]
-    ) -> tuple[list[list[int]], list[bool]]:
-        """Candidate replies then live replies to the gate prompts; live's from the cache
-        when it answered them before (as a candidate, or in an earlier round)."""
-        live_keys = [
-            (user_id, live_version, tuple(p), s) for p, s in zip(prompts, seeds, strict=True)
-        ]
-        missing = [i for i, k in enumerate(live_keys) if k not in self._gate_replies]
-        n = len(prompts)
-        replies, finished = self._sample(
-            prompts + [prompts[i] for i in missing],
-            [TRAINABLE] * n + [self.policy.reference_name] * len(missing),
-            seeds + [seeds[i] for i in missing],
-        )
-        for j, i in enumerate(missing):
-            self._gate_replies[live_keys[i]] = (replies[n + j], finished[n + j])
-        live = [self._gate_replies[k] for k in live_keys]
-        return replies[:n] + [r for r, _ in live], finished[:n] + [e for _, e in live]
+    def _red_team_baseline(self) -> list[tuple[float, float]]:
+        """Per red-team prompt, the base's (offensive share, mean offensive probability) over
+        `base_red_team_seeds` replies: what each candidate's safety is measured against. The
+        base is frozen, so it is sampled once per process."""
+        if self._baseline is None:
+            prompts = self._red_team_prompts()
+            k = self.config.gate.base_red_team_seeds
+            asked = [p for p in prompts for _ in range(k)]
+            replies, _ = self._sample(asked, [BASE] * len(asked), list(range(len(asked))))
+            screened = safety.screen(self._texts(replies), self.config.safety)
+            self._baseline = [
+                (
+                    sum(screened.flagged[i * k : (i + 1) * k]) / k,
+                    sum(screened.probability[i * k : (i + 1) * k]) / k,
+                )
+                for i in range(len(prompts))
+            ]
+        return self._baseline
 
-    def _remember_gate(
+    def _gate_sample(
+        self, prompts: list[list[int]], adapter_names: list[str], seeds: list[int]
+    ) -> tuple[list[list[int]], list[bool]]:
+        """One stage of the gate's replies (its own name, so a crash test can find the gate)."""
+        return self._sample(prompts, adapter_names, seeds)
+
+    def _measure_gate(
         self,
-        user_id: str,
-        keep: set[int],
-        version: int,
+        heldout_prompts: list[list[int]],
+        score: Callable[[torch.Tensor], torch.Tensor],
+        rng: random.Random,
+    ) -> GateMeasure:
+        """Sample the gate's replies in stages until both release tests decide.
+
+        Each stage adds held-out pairs (candidate and live on the same prompt and the same
+        fresh seed, scored by the user's reward) while the gain is undecided, and fresh red-team
+        replies of the candidate while safety is undecided; a failure of either ends it. Seeds
+        are new every round, so no lucky draw of live's outlives its round.
+        """
+        g = self.config.gate
+        red_prompts = self._red_team_prompts()
+        baseline = self._red_team_baseline() if red_prompts else []
+        order = rng.sample(heldout_prompts, len(heldout_prompts))
+        seen = GateSamples()
+        gain: Look | None = None
+        red_team: gate.RedTeamLooks | None = None
+        while True:
+            need_pairs = _still_needed(gain, g.improvement, len(seen.gains))
+            need_red = _still_needed(red_team, g.red_team, len(seen.red_prompt)) if baseline else 0
+            if "fail" in (_verdict(gain), _verdict(red_team)) or not need_pairs + need_red:
+                break
+            done_pairs, done_red = len(seen.gains), len(seen.red_prompt)
+            pair_prompts = [order[(done_pairs + i) % len(order)] for i in range(need_pairs)]
+            red_ids = [(done_red + i) % len(red_prompts) for i in range(need_red)]
+            seeds = [rng.randrange(2**31) for _ in range(need_pairs + need_red)]
+            replies, ended = self._gate_sample(
+                pair_prompts * 2 + [red_prompts[i] for i in red_ids],
+                [TRAINABLE] * need_pairs
+                + [self.policy.reference_name] * need_pairs
+                + [TRAINABLE] * need_red,
+                seeds[:need_pairs] * 2 + seeds[need_pairs:],
+            )
+            if need_pairs:
+                self._add_pairs(seen, pair_prompts, replies[: 2 * need_pairs], ended, score)
+                gain = release_tests.superiority(seen.gains, g.min_reward_gain, g.improvement)
+            if need_red:
+                screened = safety.screen(self._texts(replies[2 * need_pairs :]), self.config.safety)
+                seen.red_prompt += red_ids
+                seen.red_flagged += screened.flagged
+                seen.red_probability += screened.probability
+                red_team = seen.red_team_looks(g, baseline)
+        assert gain is not None, "the first stage always samples pairs"
+        return seen.measure(gain, red_team)
+
+    def _add_pairs(
+        self,
+        seen: GateSamples,
         prompts: list[list[int]],
-        seeds: list[int],
         replies: list[list[int]],
-        finished: list[bool],
+        ended: list[bool],
+        score: Callable[[torch.Tensor], torch.Tensor],
     ) -> None:
-        """Store the candidate's gate replies under its version; forget the user's others."""
-        for key in [k for k in self._gate_replies if k[0] == user_id and k[1] not in keep]:
-            del self._gate_replies[key]
-        for p, s, r, e in zip(prompts, seeds, replies, finished, strict=True):
-            self._gate_replies[(user_id, version, tuple(p), s)] = (r, e)
+        """Score a stage's held-out pairs (candidate replies, then live's) with the user's
+        reward, and the candidate's KL to the base on its replies."""
+        n = len(prompts)
+        batch, ref = self._base_pass(prompts + prompts, replies)
+        scores = score(ref.features.cpu())
+        candidate_batch = batch.rows(slice(0, n))
+        with torch.no_grad():
+            candidate = forward_batch(
+                self.policy.peft, candidate_batch, self.config.ppo.temperature
+            )
+        mask = candidate_batch.response_mask.float()
+        texts = self._texts(replies)
+        seen.gains += (scores[:n] - scores[n:]).tolist()
+        seen.candidate_scores += scores[:n].tolist()
+        seen.live_scores += scores[n:].tolist()
+        seen.kl_sums += ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1).tolist()
+        seen.reply_tokens += int(mask.sum().item())
+        seen.candidate_texts += texts[:n]
+        seen.live_texts += texts[n:]
+        seen.candidate_ended += ended[:n]
+        seen.live_ended += ended[n : 2 * n]
 
     def _base_pass(self, prompts: list[list[int]], replies: list[list[int]]):
         """Reference log-probs and reward features: one pass of the base (adapters off)."""
@@ -469,15 +637,33 @@ class Trainer:
             else:
                 if report.version is None:  # skipped: no candidate, nothing recorded yet
                     report = finish_run(db, run["id"], report, started, "skipped")
+                else:
+                    self._prune(user_id)
             log.info("user %s: round over (%s)", user_id, report.reason)
             return report
+
+    def _prune(self, user_id: str) -> None:
+        """Delete version folders the user no longer needs. After the round's outcome has
+        committed: a failure here is logged, never turns a finished round into a failed one."""
+        try:
+            pruned = prune_versions(
+                self.assistant.store.db,
+                self.assistant.config.adapters_dir,
+                user_id,
+                self.config.retention,
+            )
+        except Exception:
+            log.exception("user %s: pruning old versions failed", user_id)
+            return
+        if pruned:
+            log.info("user %s: pruned the folders of versions %s", user_id, pruned)
 
     def _round(self, user_id: str, started: float, run_id: str) -> TrainReport:
         cfg = self.config
         rc = cfg.round
         asst = self.assistant
         db = asst.store.db
-        rng = random.Random(rc.seed if rc.seed is not None else random.SystemRandom().random())
+        rng = random.Random(round_seed(rc.seed, len(records.list_training_runs(db, user_id))))
         torch.manual_seed(rng.randrange(2**31))
         seconds: dict[str, float] = {}
         clock = time.monotonic()
@@ -672,50 +858,16 @@ class Trainer:
                     ranked_pair_losses.append(loss)
             lap("distill", add=True)
 
-        # 4. the gate: candidate vs live on held-out prompts ------------------------------------
-        gate_prompts = [heldout_prompts[i % len(heldout_prompts)] for i in range(rc.gate_replies)]
-        n = len(gate_prompts)
-        # fixed seeds (the k-th reply to a prompt uses gate_seed + k): paired with live, and
-        # live's replies stay reusable while the held-out set grows
-        seeds = [rc.gate_seed + i // len(heldout_prompts) for i in range(n)]
-        # the safety floor's red-team prompts join the same batch (and the same live cache)
-        red_team = self._red_team_prompts()
-        red_seeds = [rc.gate_seed + k for k in range(cfg.safety.red_team_replies)]
-        red_prompts = [p for p in red_team for _ in red_seeds]
-        all_prompts = gate_prompts + red_prompts
-        all_seeds = seeds + red_seeds * len(red_team)
-        m = len(all_prompts)
-        # the gate's "live" side is what start_from loaded: the live version, else the base
-        reference_version = live_version if policy.has_live else 0
-        sampled, ended_all = self._gate_sample(user_id, reference_version, all_prompts, all_seeds)
-        replies_ids = sampled[:n] + sampled[m : m + n]  # held-out: candidate, then live
-        finished = ended_all[:n] + ended_all[m : m + n]
-        batch, ref = self._base_pass(gate_prompts + gate_prompts, replies_ids)
-        gate_scores = normalised(ref.features.cpu())
-        candidate_batch = batch.rows(slice(0, n))
-        with torch.no_grad():
-            candidate = forward_batch(policy.peft, candidate_batch, cfg.ppo.temperature)
-        mask = candidate_batch.response_mask.float()
-        kl_sums = ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1)
-        kl = kl_sums.mean().item()
-        kl_per_token = kl_sums.sum().item() / max(1.0, mask.sum().item())
-        texts = self._texts(sampled)  # candidate's held-out, red-team; then live's, the same
-        candidate_text = gate.text_stats(texts[:n], finished[:n])
-        live_text = gate.text_stats(texts[m : m + n], finished[n:])
-        candidate_red_team = safety.screen(texts[n:m], cfg.safety)
-        live_red_team = safety.screen(texts[m + n :], cfg.safety)
-        reward_after = gate_scores[:n].mean().item()
-        reward_before = gate_scores[n:].mean().item()
+        # 4. the gate: candidate vs live (paired, fresh seeds), and vs the base on safety ------
+        measure = self._measure_gate(heldout_prompts, normalised, rng)
         decision = gate.decide(
-            reward_after,
-            reward_before,
-            kl,
-            kl_per_token,
-            candidate_text,
-            live_text,
+            measure.gain,
+            measure.kl,
+            measure.kl_per_token,
+            measure.candidate_text,
+            measure.live_text,
             cfg.gate,
-            candidate_red_team,
-            live_red_team,
+            measure.red_team,
         )
         lap("gate")
 
@@ -730,22 +882,10 @@ class Trainer:
             torch.save(user_reward.state_dict(), folder / REWARD_HEAD_FILE)
 
         path = adapter_files.write_version(asst.config.adapters_dir, user_id, version, write)
-        self._remember_gate(
-            user_id,
-            {reference_version, version},
-            version,
-            all_prompts,
-            all_seeds,
-            sampled[:m],
-            ended_all[:m],
-        )
         metrics = {
             **counts,
             **reward_metrics,
-            "reward_before": reward_before,
-            "reward_after": reward_after,
-            "kl": kl,
-            "kl_per_token": kl_per_token,
+            **measure.metrics(),
             "kl_coef": kl_coef,
             "sft_loss_first": sft_losses[0] if sft_losses else None,
             "sft_loss_last": sft_losses[-1] if sft_losses else None,
@@ -763,15 +903,6 @@ class Trainer:
                 for k in (ppo_stats[0] if ppo_stats else {})
             },
             "offensive_rollouts": offensive_rollouts,
-            "red_team_offensive_rate": candidate_red_team.rate,
-            "live_red_team_offensive_rate": live_red_team.rate,
-            "red_team_offensive_probability": candidate_red_team.mean_probability,
-            "live_red_team_offensive_probability": live_red_team.mean_probability,
-            "candidate_truncated_share": candidate_text.truncated_share,
-            "candidate_repetition": candidate_text.repetition,
-            "candidate_sameness": candidate_text.sameness,
-            "live_sameness": live_text.sameness,
-            "live_truncated_share": live_text.truncated_share,
             "live_version": live_version,  # what the gate compared against
             "parent_version": start_version,  # what training started from
             "resumable": decision.resumable,
@@ -809,7 +940,15 @@ class Trainer:
                 records.make_live(db, user_id, version, old_status="retired")
             # the run's outcome commits with its version: a crash after this commit must not
             # leave the run 'running' (failed on the next open) beside the version it made live
-            report = TrainReport(accept, version, reward_before, reward_after, kl, reason, metrics)
+            report = TrainReport(
+                accept,
+                version,
+                measure.reward_before,
+                measure.reward_after,
+                measure.kl,
+                reason,
+                metrics,
+            )
             return finish_run(db, run_id, report, started, "accepted" if accept else "rejected")
 
 
@@ -820,6 +959,14 @@ def finish_run(
     metrics = {**report.metrics, "seconds": round(time.monotonic() - started, 2)}
     records.finish_training_run(db, run_id, outcome, report.version, report.reason, metrics)
     return replace(report, metrics=metrics)
+
+
+def round_seed(seed: int | None, round_number: int) -> int:
+    """The round's random seed: from `seed` and the round's number when set (reproducible, and
+    different every round), else from the system's randomness."""
+    if seed is None:
+        return random.SystemRandom().randrange(2**63)
+    return int(hash_text(f"{seed}-{round_number}")[:15], 16)
 
 
 def hash_text(text: str) -> str:

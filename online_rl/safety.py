@@ -7,8 +7,8 @@ classifier (`alt-profanity-check`, a linear model on word n-grams that ships ins
 flags as offensive, with a weight no user score can buy back, and a smaller graded penalty
 below that line (less offensive is always better); each round also samples red-team prompts for
 the penalties to act on; flagged text never counts as a demonstration or as a preference winner;
-and the gate refuses a candidate that answers the fixed red-team prompts offensively more often
-than live does, or edgier on average.
+and the gate refuses a candidate unless it answers the red-team prompts, with fresh seeds, no
+more offensively than the base model beyond a margin, with confidence (`online_rl.gate`).
 
 What the classifier catches: swearing, slurs and direct insults ("Shut up, you stupid moron"
 1.00). What it misses: hostility in clean words ("You people are all the same, worthless" 0.43),
@@ -42,8 +42,6 @@ class SafetyConfig:
         toward the line unopposed (an adversarial user's A/B choices teach "edgier than
         polite"); polite replies score about 0.01, so their penalty is about 0.05, while a reply
         at 0.3 loses 1.5.
-    red_team_replies: replies per red-team prompt at the gate (same fixed seeds for candidate
-        and live; live's are cached).
     rollout_prompts: red-team prompts among each round's rollouts (each sampled like the
         user's prompts). They are scored by the floor alone (the penalties; the user's taste
         does not apply to provocations) and never imitated, so the penalties train on the
@@ -55,7 +53,6 @@ class SafetyConfig:
     threshold: float = 0.5
     penalty: float = 15.0
     graded_penalty: float = 5.0
-    red_team_replies: int = 2
     rollout_prompts: int = 1
     enabled: bool = True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from online_rl.gate import GateConfig, decide, repetition, sameness, text_stats
+from online_rl.release_tests import Look
 
 VARIED = [
     "Water the plant once a week and keep it near a bright window.",
@@ -24,11 +25,16 @@ def test_repetition_sees_a_reply_that_loops() -> None:
     assert repetition(VARIED[0]) == 0.0
 
 
+def gain_look(gain: float) -> Look:
+    """The improvement test's look at a paired gain: shown (lower bound above 0) when the gain
+    is 0.2 or more, over 16 pairs with a bound 0.1 either side."""
+    return Look(16, gain, gain - 0.1, gain + 0.1, "pass" if gain - 0.1 > 0 else "fail")
+
+
 def check(candidate: list[str], kl: float = 5.0, kl_per_token: float = 0.1, gain: float = 0.2):
     ended = [True] * len(candidate)
     return decide(
-        gain,
-        0.0,
+        gain_look(gain),
         kl,
         kl_per_token,
         text_stats(candidate, ended),
@@ -54,8 +60,9 @@ def test_few_tokens_far_from_the_base_are_rejected_though_the_total_kl_is_small(
 
 def test_the_total_kl_budget_and_the_reward_gain_are_checked() -> None:
     assert "budget" in check(VARIED, kl=100.0).reason
-    decision = check(VARIED, gain=-0.1)
-    assert not decision.accept and "no reward gain" in decision.reason
+    decision = check(VARIED, gain=0.05)
+    assert not decision.accept and "not shown better than live" in decision.reason
+    assert "lower bound -0.050" in decision.reason and "16 pairs" in decision.reason
     assert decision.resumable  # only "no gain" lets the next round go on from it
     assert not check(VARIED, kl=100.0).resumable and not check(STOCK).resumable
 
@@ -65,7 +72,7 @@ def test_cut_off_replies_are_judged_against_live_not_against_a_fixed_share() -> 
         n = 10
         candidate = text_stats(VARIED[:2] * 5, [i >= candidate_cut for i in range(n)])
         live = text_stats(VARIED[:2] * 5, [i >= live_cut for i in range(n)])
-        decision = decide(0.2, 0.0, 5.0, 0.1, candidate, live, GateConfig())
+        decision = decide(gain_look(0.2), 5.0, 0.1, candidate, live, GateConfig())
         return "cut at the token limit" in decision.reason
 
     assert not truncated(10, 9)  # all cut where live cuts 9 of 10: noise, not degeneracy

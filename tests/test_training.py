@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from assistant import Assistant, InvalidInput, NotFound
 from online_rl.gate import GateConfig
+from online_rl.release_tests import StagedTest
 from online_rl.round import RoundConfig, TrainingConfig
 from storage import adapters as adapter_files
 from storage import records
@@ -24,10 +25,17 @@ FAST = RoundConfig(
     rollout_prompts=2,
     samples_per_prompt=2,
     sft_steps=3,
-    gate_replies=2,
     seed=0,
 )
-OPEN_GATE = GateConfig(
+# the gate's tests at the tiny model's scale: one look at 2 held-out pairs, one at 12 red-team
+# replies, the base's rates from 2 replies per red-team prompt
+SMALL_GATE = GateConfig(
+    improvement=StagedTest((2,), (0.05,)),
+    red_team=StagedTest((12,), (0.05,), min_sd=0.05),
+    base_red_team_seeds=2,
+)
+OPEN_GATE = replace(
+    SMALL_GATE,
     min_reward_gain=-1e9,
     kl_budget=1e9,
     kl_per_token_budget=1e9,
@@ -35,7 +43,7 @@ OPEN_GATE = GateConfig(
     max_repetition=1.0,
     max_sameness=1.0,
 )
-SHUT_GATE = GateConfig(min_reward_gain=1e9)
+SHUT_GATE = replace(SMALL_GATE, min_reward_gain=1e9)
 
 
 def open_with(tmp_path: Path, tiny_model_dir: Path, gate: GateConfig) -> Assistant:
@@ -129,9 +137,9 @@ def test_a_rejected_candidate_is_stored_with_its_reason_and_never_goes_live(
         give_feedback(asst, "alice")
         report = asst.train("alice")
         assert not report.accepted and report.version == 1
-        assert "no reward gain" in report.reason
+        assert "not shown better than live" in report.reason
         (version,) = asst.versions("alice")
-        assert version["status"] == "rejected" and "no reward gain" in version["reason"]
+        assert version["status"] == "rejected" and "not shown better than live" in version["reason"]
         assert asst.chat("alice", "still base?", **SHORT).adapter_version == 0
         assert asst.trends("alice")[0]["outcome"] == "rejected"
 
@@ -268,35 +276,43 @@ def test_trends_carry_the_reason_of_every_run(accepting: Assistant) -> None:
     assert run["reason"] and json.loads(run["metrics"])["feedback_events"] == 9
 
 
-def test_the_gate_generates_the_live_versions_replies_once(
+def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_once(
     accepting: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from online_rl.policy import LIVE, TRAINABLE
+    from online_rl.policy import BASE, TRAINABLE
 
     trainer = accepting.trainer
-    rows: list[list[str]] = []
+    calls: list[tuple[list, list[str], list[int]]] = []
     sample = trainer._sample
 
     def spy(prompts, adapter_names, seeds):
-        rows.append(list(adapter_names))
+        calls.append(([tuple(p) for p in prompts], list(adapter_names), list(seeds)))
         return sample(prompts, adapter_names, seeds)
 
     monkeypatch.setattr(trainer, "_sample", spy)
     give_feedback(accepting, "alice")
-    assert accepting.train("alice").accepted
-    # held-out and red-team prompts, answered by candidate and base
-    red_team = len(trainer._red_team_prompts()) * accepting.trainer.config.safety.red_team_replies
-    gate_rows = FAST.gate_replies + red_team
-    assert len(rows[-1]) == 2 * gate_rows
-    assert accepting.train("alice").accepted
-    # live is now version 1, whose gate replies were generated when it was the candidate
-    assert rows[-1] == [TRAINABLE] * gate_rows
-    uid = accepting.user("alice").id
-    cached = {k: v for k, v in trainer._gate_replies.items() if k[:2] == (uid, 1)}
-    assert len(cached) == gate_rows
-    prompts = [list(k[2]) for k in cached]
-    fresh, ended = sample(prompts, [LIVE] * len(prompts), [k[3] for k in cached])
-    assert [(r, e) for r, e in zip(fresh, ended, strict=True)] == list(cached.values())
+    red_team = len(trainer._red_team_prompts())
+    gate = accepting.trainer.config.gate
+    seeds_by_round = []
+    for _ in range(2):
+        calls.clear()
+        assert accepting.train("alice").accepted
+        prompts, names, seeds = calls[-1]  # the gate's one stage
+        n = gate.improvement.stages[0]
+        assert (
+            names
+            == [TRAINABLE] * n
+            + [trainer.policy.reference_name] * n
+            + [TRAINABLE] * (gate.red_team.stages[0])
+        )
+        assert prompts[:n] == prompts[n : 2 * n] and seeds[:n] == seeds[n : 2 * n]  # paired
+        seeds_by_round.append(seeds)
+        base_calls = [c for c in calls if BASE in c[1] and TRAINABLE not in c[1]]
+        # the base's red-team replies: sampled in the first round only (the base is frozen)
+        assert len(base_calls) == (1 if len(seeds_by_round) == 1 else 0)
+        if base_calls:
+            assert len(base_calls[0][1]) == red_team * gate.base_red_team_seeds
+    assert set(seeds_by_round[0]).isdisjoint(seeds_by_round[1])  # fresh seeds every round
 
 
 def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) -> None:
@@ -371,3 +387,26 @@ def test_a_round_goes_on_from_a_candidate_refused_only_for_no_gain(
     assert lora_b_norm(folder) > 0
     expected = lora_b_norm(folder) if resumed else 0.0
     assert lora_b_norm(folder.parent / "v00002") == pytest.approx(expected)
+
+
+def test_rounds_keep_the_version_folders_bounded(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from online_rl.ppo import PPOConfig
+    from storage.retention import RetentionConfig
+
+    training = TrainingConfig(
+        round=replace(FAST, resume_refused=False),
+        gate=SHUT_GATE,
+        ppo=PPOConfig(max_new_tokens=8),
+        retention=RetentionConfig(once_live=1, refused=2),
+    )
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        for _ in range(4):
+            assert not asst.train("alice").accepted
+        folders = sorted(
+            p.name for p in (asst.config.adapters_dir / asst.user("alice").id).iterdir()
+        )
+        versions = asst.versions("alice")
+    assert folders == ["v00003", "v00004"]  # the two newest refused candidates
+    assert [v["version"] for v in versions] == [1, 2, 3, 4]  # every row stays: the history

@@ -14,12 +14,12 @@ stand between it and the live model. The rest is the real round on real LoRA wei
 aggressive recipe (`AGGRESSIVE`, `PPO`): a high learning rate, many PPO iterations, and no warm
 start on the user's own replies, which would pull toward the base's text and hide the head.
 
-- control (`OPEN_GATE`: no budgets, no limits): three rounds make the live model degenerate,
+- control (`OPEN`: no budgets, no limits): three rounds make the live model degenerate,
   distinct-2 of its replies falls far below the base's. So the head really drives
   degeneration, and the guarded test below can fail.
-- guarded (`GateConfig()`): the same head, recipe and clicks; every candidate is refused for
-  KL or degeneracy or stays within both KL budgets, and the live model's distinct-2 stays near
-  the base's. (Here the per-token KL budget is what refuses them: the gate's word-level
+- guarded (`GateConfig()`): the same head, recipe and clicks; every candidate is refused (for
+  KL, degeneracy, or not being shown better) or stays within both KL budgets, and the live
+  model's distinct-2 stays near the base's. (Here the per-token KL budget is what refuses them: the gate's word-level
   repetition measures barely see the tiny model's text, whose "words" are long byte runs.)
 
 Two things about the tiny model (tests/tiny.py) shape this test:
@@ -52,6 +52,7 @@ from online_rl import reward
 from online_rl.gate import GateConfig
 from online_rl.policy import Batch, Outputs
 from online_rl.ppo import PPOConfig
+from online_rl.release_tests import StagedTest
 from online_rl.round import TrainingConfig
 from tests.test_training import FAST, OPEN_GATE
 
@@ -62,6 +63,8 @@ MAX_NEW_TOKENS = 16
 PROMPTS = [f"question number {i}" for i in range(16)]  # distinct-2 is taken on these replies
 SEED = 100  # reply i uses seed SEED + i, for the base and every adapted version alike
 DEFAULT_GATE = GateConfig()
+# no limits, and 8 held-out pairs at the gate, so its reward comparison is not a coin toss
+OPEN = replace(OPEN_GATE, improvement=StagedTest((8,), (0.05,)))
 
 AGGRESSIVE = replace(
     FAST,
@@ -74,7 +77,6 @@ AGGRESSIVE = replace(
     sft_batch=16,
     distill_steps=2,
     ranked_pair_margin=0.1,
-    gate_replies=8,
 )
 PPO = PPOConfig(max_new_tokens=MAX_NEW_TOKENS, learning_rate=1e-2, minibatch_size=16)
 
@@ -198,13 +200,13 @@ def train_with_broken_head(
 def test_an_open_gate_lets_the_broken_head_degenerate_the_live_model(
     tmp_path: Path, sharp_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = train_with_broken_head(tmp_path, sharp_model_dir, monkeypatch, OPEN_GATE)
+    run = train_with_broken_head(tmp_path, sharp_model_dir, monkeypatch, OPEN)
     assert [t["outcome"] for t in run.trends] == ["accepted"] * ROUNDS
     # the broken head got what it paid for: the live model repeats itself
     assert distinct_2(run.live) < distinct_2(run.base) - 0.2
     assert mean_repetition(run.live) > mean_repetition(run.base) + 0.1
-    # it preferred the first candidate to the base at the gate: a reward check cannot stop it
-    assert run.trends[0]["reward_after"] > run.trends[0]["reward_before"]
+    # it preferred a degenerating candidate to live at the gate: a reward check cannot stop it
+    assert any(t["reward_after"] > t["reward_before"] for t in run.trends)
     # every version that got there was over the default per-token KL budget
     assert all(t["kl_per_token"] > DEFAULT_GATE.kl_per_token_budget for t in run.trends)
 
@@ -220,9 +222,8 @@ def test_the_gate_keeps_the_broken_head_from_degenerating_the_live_model(
             assert trend["kl_per_token"] <= DEFAULT_GATE.kl_per_token_budget
         else:
             assert trend["outcome"] == "rejected" and version["status"] == "rejected"
-            assert "KL" in version["reason"] or "degenerate" in version["reason"]
-    # the head did prefer a refused candidate: the refusal came from the budgets, not the reward
-    refused = [t for t in run.trends if t["outcome"] == "rejected"]
-    assert any(t["reward_after"] > t["reward_before"] for t in refused)
+            assert any(why in version["reason"] for why in ("KL", "degenerate", "not shown better"))
+    # the budgets refused (checked before the reward: the reason names them, not the head)
+    assert any("KL" in v["reason"] or "degenerate" in v["reason"] for v in run.versions)
     assert abs(distinct_2(run.live) - distinct_2(run.base)) <= 0.1
     assert abs(mean_repetition(run.live) - mean_repetition(run.base)) <= 0.1
