@@ -170,6 +170,39 @@ def m005_relative_version_paths(db: Database) -> None:
             )
 
 
+@migrations()
+def m006_trainer_state(db: Database) -> None:
+    """What training keeps across rounds and restarts: each user's liked pool (rollout samples
+    the reward head liked, re-judged and imitated by later rounds; per base model, since token
+    ids and features of two models do not mix), and the base model's red-team baseline, keyed
+    by a hash of everything it depends on (sampling it takes minutes on a real model)."""
+    db["liked_samples"].create(
+        {
+            "id": str,
+            "user_id": str,
+            "model": str,  # the base model that sampled it and computed its features
+            "prompt": str,  # JSON list of token ids
+            "reply": str,  # JSON list of token ids
+            "vector": bytes,  # float32, little-endian, like features.vector
+            "created": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "model", "prompt", "reply", "vector", "created"},
+    )
+    db["liked_samples"].create_index(["user_id", "model", "created"])
+    db["red_team_baselines"].create(
+        {
+            "key": str,  # `online_rl.round.Trainer._baseline_key`
+            "model": str,
+            "baseline": str,  # JSON list of [offensive share, mean probability] per prompt
+            "created": str,
+        },
+        pk="key",
+        not_null={"model", "baseline", "created"},
+    )
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

@@ -7,6 +7,7 @@ never sequential integers, so a client cannot walk through other people's rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterable
@@ -15,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
 
 from storage.db import writing
 
 Row = dict[str, Any]
 
 USER_TABLES_BY_DEPENDENCY = (
+    "liked_samples",
     "features",
     "feedback",
     "pairs",
@@ -61,6 +64,12 @@ def add_user(db: Database, name: str, password_hash: str | None, role: str) -> R
 
 def get_user(db: Database, name: str) -> Row | None:
     return _first(db, "select * from users where name = ?", [name])
+
+
+def user_exists(db: Database, user_id: str) -> bool:
+    """Whether the account is still there: a round checks it before it writes, since the user
+    may have been deleted while it ran."""
+    return _first(db, "select id from users where id = ?", [user_id]) is not None
 
 
 def set_password_hash(db: Database, user_id: str, password_hash: str) -> None:
@@ -364,16 +373,19 @@ def finish_training_run(
     reason: str | None,
     metrics: dict[str, Any],
 ) -> None:
-    db["training_runs"].update(
-        run_id,
-        {
-            "finished": now(),
-            "outcome": outcome,
-            "version": version,
-            "reason": reason,
-            "metrics": json.dumps(metrics),
-        },
-    )
+    """Record how a run ended; nothing when the run is gone (its user was deleted while it
+    ran, and their runs with them)."""
+    with contextlib.suppress(NotFoundError):
+        db["training_runs"].update(
+            run_id,
+            {
+                "finished": now(),
+                "outcome": outcome,
+                "version": version,
+                "reason": reason,
+                "metrics": json.dumps(metrics),
+            },
+        )
 
 
 def fail_interrupted_runs(db: Database) -> int:
@@ -460,6 +472,81 @@ def put_features(db: Database, model: str, rows: Iterable[tuple[str, str, bytes]
     db["features"].upsert_all(
         [{"message_id": m, "model": model, "user_id": u, "vector": v} for m, u, v in rows],
         pk=("message_id", "model"),
+    )
+
+
+def add_liked_samples(
+    db: Database, user_id: str, model: str, samples: Iterable[tuple[list[int], list[int], bytes]]
+) -> None:
+    """Add (prompt ids, reply ids, float32 feature bytes) rollout samples to the user's liked
+    pool for `model`, newest last."""
+    stamp = now()
+    db["liked_samples"].insert_all(
+        [
+            {
+                "id": new_id(),
+                "user_id": user_id,
+                "model": model,
+                "prompt": json.dumps(prompt),
+                "reply": json.dumps(reply),
+                "vector": vector,
+                "created": stamp,
+            }
+            for prompt, reply, vector in samples
+        ]
+    )
+
+
+def list_liked_samples(db: Database, user_id: str, model: str, limit: int) -> list[Row]:
+    """The user's newest `limit` liked samples of `model`, oldest of them first, with prompt
+    and reply as token id lists. Rows added together share a timestamp: rowid orders them."""
+    rows = db.query(
+        "select * from liked_samples where user_id = ? and model = ? "
+        "order by created desc, rowid desc limit ?",
+        [user_id, model, limit],
+    )
+    return [
+        r | {"prompt": json.loads(r["prompt"]), "reply": json.loads(r["reply"])}
+        for r in reversed(list(rows))
+    ]
+
+
+def liked_sample_count(db: Database, user_id: str, model: str) -> int:
+    row = _first(
+        db,
+        "select count(*) as n from liked_samples where user_id = ? and model = ?",
+        [user_id, model],
+    )
+    return row["n"] if row else 0
+
+
+def trim_liked_samples(db: Database, user_id: str, keep: int) -> None:
+    """Keep only the user's newest `keep` liked samples, whatever their model: the table stays
+    bounded even when the base model changes (other models' rows are never read again)."""
+    with writing(db):
+        db.execute(
+            "delete from liked_samples where user_id = ? and id not in (select id from "
+            "liked_samples where user_id = ? order by created desc, rowid desc limit ?)",
+            [user_id, user_id, keep],
+        )
+
+
+def get_red_team_baseline(db: Database, key: str) -> list[tuple[float, float]] | None:
+    """The base's stored (offensive share, mean probability) per red-team prompt, if sampled
+    under exactly these settings (`key`) before."""
+    row = _first(db, "select baseline from red_team_baselines where key = ?", [key])
+    return (
+        [(share, probability) for share, probability in json.loads(row["baseline"])]
+        if row
+        else None
+    )
+
+
+def put_red_team_baseline(
+    db: Database, key: str, model: str, baseline: list[tuple[float, float]]
+) -> None:
+    db["red_team_baselines"].upsert(
+        {"key": key, "model": model, "baseline": json.dumps(baseline), "created": now()}, pk="key"
     )
 
 

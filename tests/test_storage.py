@@ -35,6 +35,7 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m003_retired_names",
         "m004_pruned_versions",
         "m005_relative_version_paths",
+        "m006_trainer_state",
     ]
 
 
