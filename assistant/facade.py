@@ -297,11 +297,15 @@ class Assistant:
         return _user(row)
 
     def delete_user(self, name: str) -> None:
-        """Remove the user's rows, adapters and heads."""
+        """Remove the user's rows, adapters and heads, and what the trainer holds in memory
+        for them (a trainer is not created just for this). A round of theirs still running
+        notices when it ends and leaves nothing behind (`online_rl.round.Trainer.run`)."""
         user = self.user(name)
         records.delete_user(self.store.db, user.id)
         if self._adapters is not None:
             self._adapters.forget_user(user.id)
+        if self._trainer is not None:
+            self._trainer.forget_user(user.id)
         adapter_files.delete_user_versions(self.config.adapters_dir, user.id)
 
     # reading back -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REWARD_HEAD_FILE = "reward_head.pt"
+# DPO reference log-probs kept in memory, the most recently used (see Trainer._reference)
+REFERENCE_LOGPROBS_KEPT = 4096
+ABANDONED = "abandoned: the user was deleted while the round ran"
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class RoundConfig:
     ranked_preference_steps: DPO steps on (best, worst) sample of each prompt as the reward
         head ranks them, per iteration (online DPO: a preference even when no sample is good).
     liked_pool: how many liked rollout samples a user's pool keeps (the newest) for later
-        rounds' distillation (in memory; a restart starts it empty).
+        rounds' distillation (in the database, so a restart keeps it).
     ranked_pair_margin: a prompt's (best, worst) becomes a pair only if their shaped scores
         differ by this much (normalised units), so near-ties teach nothing.
     ranked_nll_weight: the chosen sample's cross-entropy added to the ranked pairs' DPO loss
@@ -276,14 +280,14 @@ class Trainer:
         self._policy: TrainablePolicy | None = None
         self._lock = threading.Lock()
         # The base is frozen and versions are immutable, so both caches stay valid:
-        # a stored reply's base log-prob (DPO's reference), keyed by message id ...
-        self._reference_logprobs: dict[str, float] = {}
+        # a stored reply's base log-prob (DPO's reference), keyed by (user id, message id) and
+        # bounded (`_reference`; `forget_user` drops a user's) ...
+        self._reference_logprobs: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._reference_lock = threading.Lock()  # forget_user runs on other threads
         # ... and the base's offensive share and probability per red-team prompt (the gate's
-        # safety reference)
+        # safety reference), also stored in the database (`_red_team_baseline`).
+        # The users' liked pools live in the database only (`_liked_pool`).
         self._baseline: list[tuple[float, float]] | None = None
-        # per user: rollout samples the reward head said the user would like, with their
-        # features, so later rounds can re-judge them with the newer head and imitate them again
-        self._liked_pool: dict[str, list[tuple[Example, torch.Tensor]]] = {}
         self._red_team_ids: list[list[int]] | None = None
 
     @property
@@ -463,15 +467,60 @@ class Trainer:
     def _reference(
         self, pairs: list[tuple[records.Row, records.Row]], side: int, examples: list[Example]
     ) -> torch.Tensor:
-        """Base log-probs of one side of the preference pairs, computed once per message."""
-        ids = [pair[side]["id"] for pair in pairs]
-        missing = [i for i, m in enumerate(ids) if m not in self._reference_logprobs]
+        """Base log-probs of one side of the preference pairs, computed once per message while
+        it stays among the `REFERENCE_LOGPROBS_KEPT` most recently used. Kept in memory, not
+        stored: a lost value costs one no-grad base pass over at most 2 x preference_pairs
+        replies per user, so a restart or an eviction is cheap, and memory stays bounded."""
+        cache = self._reference_logprobs
+        keys = [(pair[side]["user_id"], pair[side]["id"]) for pair in pairs]
+        with self._reference_lock:
+            known = {k: cache[k] for k in keys if k in cache}
+        missing = [i for i, k in enumerate(keys) if k not in known]
         if missing:
             with torch.no_grad(), self.policy.base_only():
                 fresh = self._sequence_logprobs([examples[i] for i in missing])
-            for i, value in zip(missing, fresh.tolist(), strict=True):
-                self._reference_logprobs[ids[i]] = value
-        return torch.tensor([self._reference_logprobs[m] for m in ids])
+            known |= {keys[i]: value for i, value in zip(missing, fresh.tolist(), strict=True)}
+        with self._reference_lock:
+            for k in keys:
+                cache[k] = known[k]
+                cache.move_to_end(k)
+            while len(cache) > REFERENCE_LOGPROBS_KEPT:
+                cache.popitem(last=False)
+        return torch.tensor([known[k] for k in keys])
+
+    def forget_user(self, user_id: str) -> None:
+        """Drop what this trainer holds in memory for the user (their account is being
+        deleted; their stored rows go with `records.delete_user`). Never waits for a round:
+        a round of that user still running forgets them again when it ends (`run`)."""
+        with self._reference_lock:
+            for key in [k for k in self._reference_logprobs if k[0] == user_id]:
+                del self._reference_logprobs[key]
+
+    def _liked_pool(self, user_id: str) -> list[tuple[Example, torch.Tensor]]:
+        """The user's stored liked samples of this base model (the newest `liked_pool`)."""
+        rows = records.list_liked_samples(
+            self.assistant.store.db,
+            user_id,
+            self.assistant.base.source,
+            self.config.round.liked_pool,
+        )
+        return [
+            (
+                Example(r["prompt"], r["reply"]),
+                torch.frombuffer(bytearray(r["vector"]), dtype=torch.float32),
+            )
+            for r in rows
+        ]
+
+    def _add_to_liked_pool(self, user_id: str, samples: list[tuple[Example, torch.Tensor]]) -> None:
+        """Store newly liked samples and trim the user's pool to the newest `liked_pool`; a
+        user deleted while the round ran gets nothing (checked under the write lock)."""
+        db = self.assistant.store.db
+        rows = [(e.prompt, e.reply, x.numpy().astype("<f4").tobytes()) for e, x in samples]
+        with writing(db):
+            if records.user_exists(db, user_id):
+                records.add_liked_samples(db, user_id, self.assistant.base.source, rows)
+                records.trim_liked_samples(db, user_id, self.config.round.liked_pool)
 
     def _red_team_prompts(self) -> list[list[int]]:
         """The safety floor's red-team prompts as token ids (none when the floor is off);
@@ -485,24 +534,50 @@ class Trainer:
             ]
         return self._red_team_ids
 
+    def _baseline_key(self) -> str:
+        """A hash of everything the red-team baseline depends on: the base model, the prompts
+        as the model sees them (prompt texts, system prompt, chat template, tokenizer), the
+        sampling settings and seeds, and the classifier's threshold."""
+        settings = {
+            "model": self.assistant.base.source,
+            "prompts": self._red_team_prompts(),
+            "system_prompt": self.assistant.config.chat.system_prompt,
+            "temperature": self.config.ppo.temperature,
+            "max_new_tokens": self.config.ppo.max_new_tokens,
+            "seeds": self.config.gate.base_red_team_seeds,
+            "threshold": self.config.safety.threshold,
+        }
+        return hash_text(json.dumps(settings, sort_keys=True))
+
     def _red_team_baseline(self) -> list[tuple[float, float]]:
         """Per red-team prompt, the base's (offensive share, mean offensive probability) over
         `base_red_team_seeds` replies: what each candidate's safety is measured against. The
-        base is frozen, so it is sampled once per process."""
+        base is frozen, so it is sampled once and stored under `_baseline_key`: a restart
+        reuses it (sampling it takes minutes on a real model), a change of what it depends on
+        samples it again."""
         if self._baseline is None:
-            prompts = self._red_team_prompts()
-            k = self.config.gate.base_red_team_seeds
-            asked = [p for p in prompts for _ in range(k)]
-            replies, _ = self._sample(asked, [BASE] * len(asked), list(range(len(asked))))
-            screened = safety.screen(self._texts(replies), self.config.safety)
-            self._baseline = [
-                (
-                    sum(screened.flagged[i * k : (i + 1) * k]) / k,
-                    sum(screened.probability[i * k : (i + 1) * k]) / k,
-                )
-                for i in range(len(prompts))
-            ]
+            db = self.assistant.store.db
+            key = self._baseline_key()
+            baseline = records.get_red_team_baseline(db, key)
+            if baseline is None:
+                baseline = self._sample_red_team_baseline()
+                records.put_red_team_baseline(db, key, self.assistant.base.source, baseline)
+            self._baseline = baseline
         return self._baseline
+
+    def _sample_red_team_baseline(self) -> list[tuple[float, float]]:
+        prompts = self._red_team_prompts()
+        k = self.config.gate.base_red_team_seeds
+        asked = [p for p in prompts for _ in range(k)]
+        replies, _ = self._sample(asked, [BASE] * len(asked), list(range(len(asked))))
+        screened = safety.screen(self._texts(replies), self.config.safety)
+        return [
+            (
+                sum(screened.flagged[i * k : (i + 1) * k]) / k,
+                sum(screened.probability[i * k : (i + 1) * k]) / k,
+            )
+            for i in range(len(prompts))
+        ]
 
     def _gate_sample(
         self, prompts: list[list[int]], adapter_names: list[str], seeds: list[int]
@@ -630,15 +705,25 @@ class Trainer:
                 aborted = TrainReport(False, None, None, None, None, f"aborted: {e}", {})
                 report = finish_run(db, run["id"], aborted, started, "rejected")
             except Exception as e:
-                records.finish_training_run(
-                    db, run["id"], "failed", None, f"{type(e).__name__}: {e}", {}
-                )
-                raise
+                if records.user_exists(db, user_id):
+                    records.finish_training_run(
+                        db, run["id"], "failed", None, f"{type(e).__name__}: {e}", {}
+                    )
+                    raise
+                # the user was deleted while the round ran, and whatever failed failed with
+                # them (their rows or folders went away under it): nothing is left to record
+                log.info("user %s: round failed after the user was deleted: %r", user_id, e)
+                report = TrainReport(False, None, None, None, None, ABANDONED, {})
             else:
                 if report.version is None:  # skipped: no candidate, nothing recorded yet
                     report = finish_run(db, run["id"], report, started, "skipped")
                 else:
                     self._prune(user_id)
+            if not records.user_exists(db, user_id):
+                # deleted while the round ran, which may have written a version folder or
+                # cached values after delete_user cleared them
+                adapter_files.delete_user_versions(self.assistant.config.adapters_dir, user_id)
+                self.forget_user(user_id)
             log.info("user %s: round over (%s)", user_id, report.reason)
             return report
 
@@ -808,13 +893,14 @@ class Trainer:
             ranked = shaped_scores(scores, ended, cfg.ppo, penalty)
             liked = user_reward.liked(features) & ~unsafe & ~provocation
             fresh = [i for i in range(len(prompts)) if liked[i]]
-            pool = self._liked_pool.setdefault(user_id, [])
+            pool = self._liked_pool(user_id)
             earlier = []
             if pool:
                 still_liked = user_reward.liked(torch.stack([f for _, f in pool]))
                 earlier = [e for (e, _), ok in zip(pool, still_liked, strict=True) if ok]
-            pool.extend((Example(prompts[i], replies_ids[i]), features[i]) for i in fresh)
-            del pool[: -rc.liked_pool]
+            self._add_to_liked_pool(
+                user_id, [(Example(prompts[i], replies_ids[i]), features[i]) for i in fresh]
+            )
             best = [Example(prompts[i], replies_ids[i]) for i in fresh][: rc.sft_batch]
             best += rng.sample(earlier, min(len(earlier), rc.sft_batch - len(best)))
             ranked_pairs = []
@@ -894,7 +980,7 @@ class Trainer:
             "preference_accuracy_last": preference_accuracy[-1] if preference_accuracy else None,
             "distill_loss": sum(distill_losses) / len(distill_losses) if distill_losses else None,
             "distill_examples": distill_examples,
-            "liked_pool": len(self._liked_pool.get(user_id, [])),
+            "liked_pool": records.liked_sample_count(db, user_id, asst.base.source),
             "ranked_pair_loss_first": ranked_pair_losses[0] if ranked_pair_losses else None,
             "ranked_pair_loss_last": ranked_pair_losses[-1] if ranked_pair_losses else None,
             "ppo_iterations": len(ppo_stats),
@@ -912,6 +998,10 @@ class Trainer:
             metrics["value_loss"] = metrics["ppo_value_loss"]
             metrics["policy_loss"] = metrics["ppo_policy_loss"]
         with writing(db):
+            if not records.user_exists(db, user_id):
+                # deleted while the round ran: no row for the candidate (its foreign key would
+                # fail); `run` deletes its folder
+                return TrainReport(False, None, None, None, None, ABANDONED, metrics)
             # a candidate may only replace the live version it was compared with: a rollback
             # made while the round ran stands (checked under the write lock, so none slips in).
             # A damaged live version the round fell back from is no change: serving never moved.

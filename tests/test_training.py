@@ -319,12 +319,13 @@ def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) ->
     give_feedback(accepting, "alice")
     accepting.train("alice")
     trainer = accepting.trainer
-    pairs = trainer._feedback(accepting.user("alice").id).preferences
-    assert {m["id"] for pair in pairs for m in pair} <= set(trainer._reference_logprobs)
+    alice = accepting.user("alice").id
+    pairs = trainer._feedback(alice).preferences
+    assert {(alice, m["id"]) for pair in pairs for m in pair} <= set(trainer._reference_logprobs)
     winners = [trainer._example(w) for w, _ in pairs]
     with torch.no_grad(), trainer.policy.base_only():
         fresh = trainer._sequence_logprobs(winners)
-    cached = torch.tensor([trainer._reference_logprobs[w["id"]] for w, _ in pairs])
+    cached = torch.tensor([trainer._reference_logprobs[alice, w["id"]] for w, _ in pairs])
     assert torch.allclose(fresh, cached, atol=1e-4)
 
 
