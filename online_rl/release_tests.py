@@ -8,12 +8,14 @@ question with a stated confidence:
 - safety (non-inferiority): is the mean of `candidate - base` below `margin`? Pass when the
   upper confidence bound stays under it.
 
-Why a paired t bound: the differences are means of a few dozen roughly symmetric numbers
-(reward-head scores; per-reply offensive flags and probabilities minus the base's rate on the
-same prompt), where the t interval is close to exact and cheap; a sign test throws away how much
-better a reply is, and a bootstrap is unreliable at n = 8. `attune bench gate` measured these
-choices on cached replies of the real model (false accepts, power, samples): the README's gate
-table.
+Both use a one-sided Student t bound on the mean difference; the gate feeds the improvement
+test the *signs* of the paired reward gains (a sign test: is the candidate's reply preferred
+more often than not?), because `attune bench gate` measured it clearly more powerful there
+than the t bound on the gains themselves: reward-head score differences are heavy-tailed (one
+reply far off the scale swings a mean), and "preferred more often" is what a user feels. The
+safety test reads per-reply offensive flags and probabilities minus the base's mean on the
+same prompt. A bootstrap is unreliable at n = 8. The README's gate table has the measured
+false-accept and accept rates and samples per decision.
 
 Why in stages (group-sequential): a clear case is decided on the first few samples; only a close
 one draws more. Each look spends its own share of the false-accept budget (`alphas`, summing to
@@ -107,11 +109,18 @@ def _stage(test: StagedTest, n: int) -> int:
     return reached[-1]
 
 
-def superiority(diffs: Sequence[float], bar: float, test: StagedTest) -> Look:
+def superiority(
+    diffs: Sequence[float], bar: float, test: StagedTest, reference_variance: float = 0.0
+) -> Look:
     """Is mean(diffs) above `bar`? pass: the lower bound clears it; fail: at the last look it
-    does not, or earlier when the futility bound is already below it; more: draw the next stage."""
+    does not, or earlier when the futility bound is already below it; more: draw the next stage.
+
+    `reference_variance`: the variance of whatever was subtracted to make the differences, when
+    it is an estimate shared by all of them (the base's rates from a fixed cache): it adds to
+    the squared standard error, since more candidate samples do not shrink it."""
     stage = _stage(test, len(diffs))
     mean, se = mean_and_spread(diffs, test.min_sd)
+    se = math.sqrt(se**2 + reference_variance)
     q = t_quantile(1 - test.alphas[stage], len(diffs))
     lower, upper = mean - q * se, mean + q * se
     last = stage == len(test.stages) - 1
@@ -120,10 +129,12 @@ def superiority(diffs: Sequence[float], bar: float, test: StagedTest) -> Look:
     return Look(len(diffs), mean, lower, upper, verdict)
 
 
-def non_inferiority(diffs: Sequence[float], margin: float, test: StagedTest) -> Look:
+def non_inferiority(
+    diffs: Sequence[float], margin: float, test: StagedTest, reference_variance: float = 0.0
+) -> Look:
     """Is mean(diffs) below `margin` (not worse by that much)? The mirror of `superiority`:
     pass when the upper bound stays under the margin."""
-    look = superiority([-d for d in diffs], -margin, test)
+    look = superiority([-d for d in diffs], -margin, test, reference_variance)
     return Look(look.n, -look.mean, -look.upper, -look.lower, look.verdict)
 
 

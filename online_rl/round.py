@@ -226,18 +226,40 @@ class GateSamples:
     red_flagged: list[bool] = field(default_factory=list)
     red_probability: list[float] = field(default_factory=list)
 
+    def gain_look(self, config: gate.GateConfig) -> Look:
+        """The improvement test on the pairs so far (their signs, or the gains themselves)."""
+        gains = self.gains
+        if config.gain_by_sign:
+            gains = [float((d > 0) - (d < 0)) for d in gains]
+        return release_tests.superiority(gains, config.min_reward_gain, config.improvement)
+
     def red_team_looks(
         self, config: gate.GateConfig, baseline: list[tuple[float, float]]
     ) -> gate.RedTeamLooks:
         """The safety test on the red-team replies so far: each reply minus the base's share
-        (probability) on the same prompt, against the margins."""
+        (probability) on the same prompt, against the margins. The base's per-prompt means come
+        from `base_red_team_seeds` replies each: their sampling variance (at most m(1-m)/seeds
+        for a mean m of numbers in [0, 1]) is shared by every difference, so it is added."""
         rate = [f - baseline[p][0] for f, p in zip(self.red_flagged, self.red_prompt, strict=True)]
         edge = [
             x - baseline[p][1] for x, p in zip(self.red_probability, self.red_prompt, strict=True)
         ]
+        n, seeds = len(self.red_prompt), config.base_red_team_seeds
+        weight = {p: self.red_prompt.count(p) / n for p in set(self.red_prompt)}
+
+        def shared(column: int) -> float:
+            return sum(
+                w**2 * baseline[p][column] * (1 - baseline[p][column]) / seeds
+                for p, w in weight.items()
+            )
+
         return gate.RedTeamLooks(
-            release_tests.non_inferiority(rate, config.red_team_rate_margin, config.red_team),
-            release_tests.non_inferiority(edge, config.red_team_edginess_margin, config.red_team),
+            release_tests.non_inferiority(
+                rate, config.red_team_rate_margin, config.red_team, shared(0)
+            ),
+            release_tests.non_inferiority(
+                edge, config.red_team_edginess_margin, config.red_team, shared(1)
+            ),
             candidate_rate=sum(self.red_flagged) / len(self.red_flagged),
             base_rate=sum(baseline[p][0] for p in self.red_prompt) / len(self.red_prompt),
             candidate_probability=sum(self.red_probability) / len(self.red_probability),
@@ -623,7 +645,7 @@ class Trainer:
             )
             if need_pairs:
                 self._add_pairs(seen, pair_prompts, replies[: 2 * need_pairs], ended, score)
-                gain = release_tests.superiority(seen.gains, g.min_reward_gain, g.improvement)
+                gain = seen.gain_look(g)
             if need_red:
                 screened = safety.screen(self._texts(replies[2 * need_pairs :]), self.config.safety)
                 seen.red_prompt += red_ids

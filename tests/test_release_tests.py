@@ -107,3 +107,12 @@ def staged_accept_rate(true_gain: float, trials: int = 1500) -> float:
 def test_the_staged_test_keeps_its_false_accepts_under_alpha_and_finds_a_real_gain() -> None:
     assert staged_accept_rate(0.0) <= 0.05 + 0.015  # alpha 0.05 overall, plus sampling slack
     assert staged_accept_rate(0.8) >= 0.9
+
+
+def test_the_variance_of_a_shared_reference_widens_the_bound() -> None:
+    diffs = [0.0, 0.1, -0.1, 0.0]
+    # se^2 = 0.040825^2 + 0.0025 = 0.0041667; upper = 2.353363 * 0.064550 = 0.151909
+    look = non_inferiority(diffs, 0.2, ONE_LOOK, reference_variance=0.0025)
+    assert look.upper == pytest.approx(0.151909, abs=1e-5) and look.verdict == "pass"
+    assert non_inferiority(diffs, 0.15, ONE_LOOK, reference_variance=0.0025).verdict == "fail"
+    assert non_inferiority(diffs, 0.15, ONE_LOOK).verdict == "pass"  # without it: 0.096

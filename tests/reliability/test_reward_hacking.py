@@ -19,8 +19,9 @@ start on the user's own replies, which would pull toward the base's text and hid
   degeneration, and the guarded test below can fail.
 - guarded (`GateConfig()`): the same head, recipe and clicks; every candidate is refused (for
   KL, degeneracy, or not being shown better) or stays within both KL budgets, and the live
-  model's distinct-2 stays near the base's. (Here the per-token KL budget is what refuses them: the gate's word-level
-  repetition measures barely see the tiny model's text, whose "words" are long byte runs.)
+  model's distinct-2 stays near the base's. (Here the per-token KL budget is what refuses
+  them: the gate's word-level repetition measures barely see the tiny model's text, whose
+  "words" are long byte runs.)
 
 Two things about the tiny model (tests/tiny.py) shape this test:
 
