@@ -22,6 +22,7 @@ BENCHMARKS = {
     "decode-variants": "bench.decode_variants",
     "adaptation": "bench.adaptation",
     "footprint": "bench.footprint",
+    "gate": "bench.gate",
 }
 
 
