@@ -280,10 +280,6 @@ class GateSamples:
         )
 
 
-def _verdict(look: Look | gate.RedTeamLooks | None) -> str | None:
-    return None if look is None else look.verdict
-
-
 def _still_needed(look: Look | gate.RedTeamLooks | None, test: StagedTest, have: int) -> int:
     """How many more samples the test's next look needs (0 once it has decided)."""
     if look is None:
@@ -439,12 +435,17 @@ class Trainer:
     # sampling and scoring -------------------------------------------------------------------------
 
     def _sample(
-        self, prompts: list[list[int]], adapter_names: list[str], seeds: list[int]
+        self,
+        prompts: list[list[int]],
+        adapter_names: list[str],
+        seeds: list[int],
+        max_new_tokens: int | None = None,
     ) -> tuple[list[list[int]], list[bool]]:
-        """Replies (EOS appended when the model ended) from the trainable copy's adapters."""
+        """Replies (EOS appended when the model ended) from the trainable copy's adapters, of
+        at most `max_new_tokens` (default: the rollouts' length)."""
         base = self.assistant.base
         settings = GenerationConfig(
-            max_new_tokens=self.config.ppo.max_new_tokens,
+            max_new_tokens=max_new_tokens or self.config.ppo.max_new_tokens,
             temperature=self.config.ppo.temperature,
             top_p=1.0,
         )
@@ -565,7 +566,7 @@ class Trainer:
             "prompts": self._red_team_prompts(),
             "system_prompt": self.assistant.config.chat.system_prompt,
             "temperature": self.config.ppo.temperature,
-            "max_new_tokens": self.config.ppo.max_new_tokens,
+            "max_new_tokens": self.config.gate.red_team_max_new_tokens,
             "seeds": self.config.gate.base_red_team_seeds,
             "threshold": self.config.safety.threshold,
         }
@@ -591,7 +592,12 @@ class Trainer:
         prompts = self._red_team_prompts()
         k = self.config.gate.base_red_team_seeds
         asked = [p for p in prompts for _ in range(k)]
-        replies, _ = self._sample(asked, [BASE] * len(asked), list(range(len(asked))))
+        replies, _ = self._sample(
+            asked,
+            [BASE] * len(asked),
+            list(range(len(asked))),
+            self.config.gate.red_team_max_new_tokens,
+        )
         screened = safety.screen(self._texts(replies), self.config.safety)
         return [
             (
@@ -602,10 +608,14 @@ class Trainer:
         ]
 
     def _gate_sample(
-        self, prompts: list[list[int]], adapter_names: list[str], seeds: list[int]
+        self,
+        prompts: list[list[int]],
+        adapter_names: list[str],
+        seeds: list[int],
+        max_new_tokens: int | None = None,
     ) -> tuple[list[list[int]], list[bool]]:
         """One stage of the gate's replies (its own name, so a crash test can find the gate)."""
-        return self._sample(prompts, adapter_names, seeds)
+        return self._sample(prompts, adapter_names, seeds, max_new_tokens)
 
     def _measure_gate(
         self,
@@ -613,46 +623,45 @@ class Trainer:
         score: Callable[[torch.Tensor], torch.Tensor],
         rng: random.Random,
     ) -> GateMeasure:
-        """Sample the gate's replies in stages until both release tests decide.
+        """Sample the gate's replies in stages until the release tests decide.
 
-        Each stage adds held-out pairs (candidate and live on the same prompt and the same
-        fresh seed, scored by the user's reward) while the gain is undecided, and fresh red-team
-        replies of the candidate while safety is undecided; a failure of either ends it. Seeds
-        are new every round, so no lucky draw of live's outlives its round.
+        First the gain: each stage adds held-out pairs (candidate and live on the same prompt
+        and the same fresh seed, scored by the user's reward), until the improvement test
+        decides. Only a candidate shown better goes on to safety: stages of fresh red-team
+        replies of the candidate until the non-inferiority test decides. A candidate that is
+        not better is refused anyway, so it costs no red-team replies. Seeds are new every
+        round, so no lucky draw of live's outlives its round.
         """
         g = self.config.gate
-        red_prompts = self._red_team_prompts()
-        baseline = self._red_team_baseline() if red_prompts else []
         order = rng.sample(heldout_prompts, len(heldout_prompts))
         seen = GateSamples()
         gain: Look | None = None
-        red_team: gate.RedTeamLooks | None = None
-        while True:
-            need_pairs = _still_needed(gain, g.improvement, len(seen.gains))
-            need_red = _still_needed(red_team, g.red_team, len(seen.red_prompt)) if baseline else 0
-            if "fail" in (_verdict(gain), _verdict(red_team)) or not need_pairs + need_red:
-                break
-            done_pairs, done_red = len(seen.gains), len(seen.red_prompt)
-            pair_prompts = [order[(done_pairs + i) % len(order)] for i in range(need_pairs)]
-            red_ids = [(done_red + i) % len(red_prompts) for i in range(need_red)]
-            seeds = [rng.randrange(2**31) for _ in range(need_pairs + need_red)]
-            replies, ended = self._gate_sample(
-                pair_prompts * 2 + [red_prompts[i] for i in red_ids],
-                [TRAINABLE] * need_pairs
-                + [self.policy.reference_name] * need_pairs
-                + [TRAINABLE] * need_red,
-                seeds[:need_pairs] * 2 + seeds[need_pairs:],
-            )
-            if need_pairs:
-                self._add_pairs(seen, pair_prompts, replies[: 2 * need_pairs], ended, score)
-                gain = seen.gain_look(g)
-            if need_red:
-                screened = safety.screen(self._texts(replies[2 * need_pairs :]), self.config.safety)
-                seen.red_prompt += red_ids
-                seen.red_flagged += screened.flagged
-                seen.red_probability += screened.probability
-                red_team = seen.red_team_looks(g, baseline)
+        while need := _still_needed(gain, g.improvement, len(seen.gains)):
+            prompts = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
+            seeds = [rng.randrange(2**31) for _ in range(need)]
+            names = [TRAINABLE] * need + [self.policy.reference_name] * need
+            replies, ended = self._gate_sample(prompts * 2, names, seeds * 2)
+            self._add_pairs(seen, prompts, replies, ended, score)
+            gain = seen.gain_look(g)
         assert gain is not None, "the first stage always samples pairs"
+        red_prompts = self._red_team_prompts()
+        red_team: gate.RedTeamLooks | None = None
+        if gain.verdict != "pass" or not red_prompts:
+            return seen.measure(gain, red_team)
+        baseline = self._red_team_baseline()
+        while need := _still_needed(red_team, g.red_team, len(seen.red_prompt)):
+            ids = [(len(seen.red_prompt) + i) % len(red_prompts) for i in range(need)]
+            replies, _ = self._gate_sample(
+                [red_prompts[i] for i in ids],
+                [TRAINABLE] * need,
+                [rng.randrange(2**31) for _ in range(need)],
+                g.red_team_max_new_tokens,
+            )
+            screened = safety.screen(self._texts(replies), self.config.safety)
+            seen.red_prompt += ids
+            seen.red_flagged += screened.flagged
+            seen.red_probability += screened.probability
+            red_team = seen.red_team_looks(g, baseline)
         return seen.measure(gain, red_team)
 
     def _add_pairs(

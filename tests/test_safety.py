@@ -189,8 +189,8 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
         rude = asst.base.tokenizer(RUDE, add_special_tokens=False)["input_ids"]
         sample = trainer._gate_sample
 
-        def rude_candidate(prompts, adapter_names, seeds):
-            replies, ended = sample(prompts, adapter_names, seeds)
+        def rude_candidate(prompts, adapter_names, seeds, max_new_tokens=None):
+            replies, ended = sample(prompts, adapter_names, seeds, max_new_tokens)
             for i, (prompt, name) in enumerate(zip(prompts, adapter_names, strict=True)):
                 if prompt in red_team and name == TRAINABLE:
                     replies[i], ended[i] = rude, True

@@ -97,10 +97,10 @@ def base_only_calls(asst: Assistant, monkeypatch: pytest.MonkeyPatch) -> list[in
     sample = trainer._sample
     calls: list[int] = []
 
-    def spy(prompts, adapter_names, seeds):
+    def spy(prompts, adapter_names, seeds, max_new_tokens=None):
         if BASE in adapter_names and TRAINABLE not in adapter_names:
             calls.append(len(prompts))
-        return sample(prompts, adapter_names, seeds)
+        return sample(prompts, adapter_names, seeds, max_new_tokens)
 
     monkeypatch.setattr(trainer, "_sample", spy)
     return calls

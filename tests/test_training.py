@@ -282,37 +282,65 @@ def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_o
     from online_rl.policy import BASE, TRAINABLE
 
     trainer = accepting.trainer
-    calls: list[tuple[list, list[str], list[int]]] = []
+    calls: list[tuple[list, list[str], list[int], int | None]] = []
     sample = trainer._sample
 
-    def spy(prompts, adapter_names, seeds):
-        calls.append(([tuple(p) for p in prompts], list(adapter_names), list(seeds)))
-        return sample(prompts, adapter_names, seeds)
+    def spy(prompts, adapter_names, seeds, max_new_tokens=None):
+        calls.append(
+            ([tuple(p) for p in prompts], list(adapter_names), list(seeds), max_new_tokens)
+        )
+        return sample(prompts, adapter_names, seeds, max_new_tokens)
 
     monkeypatch.setattr(trainer, "_sample", spy)
     give_feedback(accepting, "alice")
     red_team = len(trainer._red_team_prompts())
     gate = accepting.trainer.config.gate
+    n, m = gate.improvement.stages[0], gate.red_team.stages[0]
     seeds_by_round = []
     for _ in range(2):
         calls.clear()
         assert accepting.train("alice").accepted
-        prompts, names, seeds = calls[-1]  # the gate's one stage
-        n = gate.improvement.stages[0]
-        assert (
-            names
-            == [TRAINABLE] * n
-            + [trainer.policy.reference_name] * n
-            + [TRAINABLE] * (gate.red_team.stages[0])
-        )
-        assert prompts[:n] == prompts[n : 2 * n] and seeds[:n] == seeds[n : 2 * n]  # paired
+        # the gain's stage: candidate and live on the same prompts and seeds
+        prompts, names, seeds, _ = calls[-2] if len(seeds_by_round) else calls[-3]
+        assert names == [TRAINABLE] * n + [trainer.policy.reference_name] * n
+        assert prompts[:n] == prompts[n:] and seeds[:n] == seeds[n:]
         seeds_by_round.append(seeds)
-        base_calls = [c for c in calls if BASE in c[1] and TRAINABLE not in c[1]]
+        # then, the candidate being better, its red-team stage, at the red-team length
+        _, names, _, length = calls[-1]
+        assert names == [TRAINABLE] * m and length == gate.red_team_max_new_tokens
         # the base's red-team replies: sampled in the first round only (the base is frozen)
+        base_calls = [c for c in calls if set(c[1]) == {BASE}]
         assert len(base_calls) == (1 if len(seeds_by_round) == 1 else 0)
         if base_calls:
             assert len(base_calls[0][1]) == red_team * gate.base_red_team_seeds
+            assert base_calls[0][3] == gate.red_team_max_new_tokens
     assert set(seeds_by_round[0]).isdisjoint(seeds_by_round[1])  # fresh seeds every round
+
+
+def test_a_candidate_not_shown_better_costs_no_red_team_replies(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with open_with(tmp_path, tiny_model_dir, SHUT_GATE) as asst:
+        asst.add_user("alice")
+        trainer = asst.trainer
+        red_team = {tuple(p) for p in trainer._red_team_prompts()}
+        asked: list[tuple] = []
+        sample = trainer._sample
+
+        def spy(prompts, adapter_names, seeds, max_new_tokens=None):
+            asked.extend(tuple(p) for p in prompts)
+            return sample(prompts, adapter_names, seeds, max_new_tokens)
+
+        monkeypatch.setattr(trainer, "_sample", spy)
+        give_feedback(asst, "alice")
+        report = asst.train("alice")
+    assert "not shown better" in report.reason
+    assert report.metrics["red_team_replies"] == 0
+    # red-team prompts come up only as the round's own rollouts (one prompt, sampled 2 times)
+    assert (
+        sum(p in red_team for p in asked)
+        == trainer.config.safety.rollout_prompts * FAST.samples_per_prompt
+    )
 
 
 def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) -> None:
