@@ -69,6 +69,8 @@ class FootprintSettings:
     rotate_passes: int = 2  # times each rotating user answers
     startup_repeats: int = 3  # cold and warm starts each, median reported
     startup_tokens: int = 1  # tokens of the first reply of a start
+    rounds: int = 100  # one user's rounds of versions, pruned as rounds prune them
+    accept_every: int = 4  # of those rounds, every n-th goes live (the rest are refused)
 
 
 # measuring ------------------------------------------------------------------------------------
@@ -197,6 +199,49 @@ def clone_version(asst: Any, source: Path, user_id: str, metrics: dict[str, Any]
     with writing(db):
         records.add_adapter_version(db, user_id, 1, str(path), None, "retired", None, metrics)
         records.make_live(db, user_id, 1, old_status="retired")
+
+
+def many_rounds(asst: Any, s: FootprintSettings, teacher: dict[str, Any]) -> dict[str, Any]:
+    """One user's disk over `rounds` rounds: each writes a version folder (a copy of the
+    teacher's, through write_version), every `accept_every`-th goes live, the rest are refused,
+    and each round ends with the pruning a real round does (`storage.retention`, defaults).
+    Measures the retention rule, not training: a round's folder is the same either way."""
+    from storage import adapters as adapter_files
+    from storage import records
+    from storage.db import writing
+    from storage.retention import RetentionConfig, prune_versions
+
+    user = asst.add_user("many-rounds")
+    source = Path(teacher["path"])
+    root = asst.config.adapters_dir
+    folders, allocated = [], []
+    for version in range(1, s.rounds + 1):
+
+        def write(folder: Path) -> None:
+            ignore = shutil.ignore_patterns(adapter_files.MANIFEST)
+            shutil.copytree(source, folder, dirs_exist_ok=True, ignore=ignore)
+
+        path = adapter_files.write_version(root, user.id, version, write)
+        live = version % s.accept_every == 0
+        db = asst.store.db
+        with writing(db):
+            status = "retired" if live else "rejected"
+            records.add_adapter_version(db, user.id, version, str(path), None, status)
+            if live:
+                records.make_live(db, user.id, version, old_status="retired")
+        prune_versions(db, root, user.id, RetentionConfig())
+        count, _, used = tree_bytes(root / user.id)
+        folders.append(count)
+        allocated.append(used)
+    kept = sorted(p.name for p in (root / user.id).iterdir())
+    return {
+        "rounds": s.rounds,
+        "accept_every": s.accept_every,
+        "retention": asdict(RetentionConfig()),
+        "folders_kept": kept,
+        "allocated_after_each_round": allocated,
+        "files_after_each_round": folders,
+    }
 
 
 def register_users(asst: Any, s: FootprintSettings, teacher: dict[str, Any]) -> dict[str, Any]:
@@ -468,6 +513,16 @@ def disk_rows(disk: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
+def rounds_rows(rounds: dict[str, Any]) -> list[list[Any]]:
+    used = rounds["allocated_after_each_round"]
+    n = rounds["rounds"]
+    return [
+        [f"disk: one user after {n} rounds, version folders kept", len(rounds["folders_kept"]), ""],
+        [f"disk: one user after {n} rounds, allocated", used[-1] / MIB, "MiB"],
+        [f"disk: one user, most allocated over {n} rounds", max(used) / MIB, "MiB"],
+    ]
+
+
 def ram_rows(ram: dict[str, Any], heads: dict[str, int]) -> list[list[Any]]:
     return [
         ["RAM: base loaded (RSS)", ram["loaded"]["rss_mib"], "MiB"],
@@ -601,6 +656,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     print("footprint: the teacher's feedback and round ...", file=sys.stderr)
     teacher = teach_and_train(asst, s)
     db_before = db_bytes(asst)
+    print(f"footprint: one user's {s.rounds} rounds, pruned ...", file=sys.stderr)
+    rounds = many_rounds(asst, s, teacher)
     print(f"footprint: registering {s.users - 1} more users ...", file=sys.stderr)
     clock = time.perf_counter()
     registration = register_users(asst, s, teacher) | {"seconds": time.perf_counter() - clock}
@@ -629,7 +686,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     starts = startups(cfg, s, Path(args.data_dir))
     gate = "accepted" if teacher["accepted"] else "refused, made live by the benchmark"
     rows = [[f"the teacher's round (gate: {gate})", teacher["round_seconds"], "s"]]
-    rows += disk_rows(disk) + ram_rows(ram, heads) + scale_rows(scale, s) + startup_rows(starts)
+    rows += disk_rows(disk) + rounds_rows(rounds)
+    rows += ram_rows(ram, heads) + scale_rows(scale, s) + startup_rows(starts)
     write(
         "footprint",
         "attune bench footprint " + " ".join(options),
@@ -641,6 +699,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             "teacher_round": {k: v for k, v in teacher.items() if k != "metrics"},
             "registration": registration,
             "disk": disk,
+            "many_rounds": rounds,
             "tensor_bytes": heads,
             "ram": ram,
             "scale": scale,
