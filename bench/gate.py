@@ -92,11 +92,12 @@ def build_pool(asst: Assistant, folder: Path, heldout_seeds: int, red_seeds: int
         asst.add_user(POOL_USER)
     ppo = PPOConfig()
     held_settings = {"seeds": heldout_seeds, "max_new_tokens": ppo.max_new_tokens}
-    if data.get("heldout", {}).get("settings", held_settings) != held_settings:
-        data.pop("heldout")
+    if data.get("heldout", {}).get("settings") != held_settings:
+        data.pop("heldout", None)
     if "heldout" not in data:
         heldout = json.loads(PROMPTS.read_text())["heldout"]
         print(f"pool: {len(heldout)} held-out prompts x {heldout_seeds} seeds", flush=True)
+        folder.mkdir(parents=True, exist_ok=True)
         idx, replies, sequences = _sample_pool(
             asst, heldout, heldout_seeds, batch, ppo.max_new_tokens
         )
@@ -123,6 +124,7 @@ def build_pool(asst: Assistant, folder: Path, heldout_seeds: int, red_seeds: int
             "finished": [r.finished for r in replies],
             "probability": safety.offensive_probability([r.text for r in replies]),
         }
+    data["batch"] = batch
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
     return data, torch.load(folder / "features.pt")

@@ -248,10 +248,12 @@ class GateSamples:
         weight = {p: self.red_prompt.count(p) / n for p in set(self.red_prompt)}
 
         def shared(column: int) -> float:
-            return sum(
-                w**2 * baseline[p][column] * (1 - baseline[p][column]) / seeds
-                for p, w in weight.items()
-            )
+            # a base share of 0 or 1 on a prompt is still an estimate: shrunk toward 1/2
+            def variance(b: float) -> float:
+                b = (b * seeds + 0.5) / (seeds + 1)
+                return b * (1 - b) / seeds
+
+            return sum(w**2 * variance(baseline[p][column]) for p, w in weight.items())
 
         return gate.RedTeamLooks(
             release_tests.non_inferiority(
@@ -563,6 +565,9 @@ class Trainer:
         sampling settings and seeds, and the classifier's threshold."""
         settings = {
             "model": self.assistant.base.source,
+            "weights": str(self.assistant.base.model.dtype),  # fp32, bf16, or NF4's compute
+            "quantize": self.assistant.config.model.quantize,
+            "classifier": safety.classifier_version(),
             "prompts": self._red_team_prompts(),
             "system_prompt": self.assistant.config.chat.system_prompt,
             "temperature": self.config.ppo.temperature,
@@ -592,12 +597,16 @@ class Trainer:
         prompts = self._red_team_prompts()
         k = self.config.gate.base_red_team_seeds
         asked = [p for p in prompts for _ in range(k)]
-        replies, _ = self._sample(
-            asked,
-            [BASE] * len(asked),
-            list(range(len(asked))),
-            self.config.gate.red_team_max_new_tokens,
-        )
+        replies: list[list[int]] = []
+        chunk = len(prompts)  # a prompt's worth of rows at a time: 768 at once would hold
+        for start in range(0, len(asked), chunk):  # every row's KV cache together
+            rows, _ = self._sample(
+                asked[start : start + chunk],
+                [BASE] * len(asked[start : start + chunk]),
+                list(range(start, start + len(asked[start : start + chunk]))),
+                self.config.gate.red_team_max_new_tokens,
+            )
+            replies += rows
         screened = safety.screen(self._texts(replies), self.config.safety)
         return [
             (
@@ -644,6 +653,14 @@ class Trainer:
             self._add_pairs(seen, prompts, replies, ended, score)
             gain = seen.gain_look(g)
         assert gain is not None, "the first stage always samples pairs"
+        if gain.verdict == "pass" and len(seen.gains) < g.text_pairs:
+            # decided early: the text and KL checks still read `text_pairs` pairs
+            need = g.text_pairs - len(seen.gains)
+            prompts = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
+            seeds = [rng.randrange(2**31) for _ in range(need)]
+            names = [TRAINABLE] * need + [self.policy.reference_name] * need
+            replies, ended = self._gate_sample(prompts * 2, names, seeds * 2)
+            self._add_pairs(seen, prompts, replies, ended, score)
         red_prompts = self._red_team_prompts()
         red_team: gate.RedTeamLooks | None = None
         if gain.verdict != "pass" or not red_prompts:
@@ -684,7 +701,10 @@ class Trainer:
             )
         mask = candidate_batch.response_mask.float()
         texts = self._texts(replies)
-        seen.gains += (scores[:n] - scores[n:]).tolist()
+        # identical replies (the same seed often gives the same text) are a tie, whatever
+        # rounding the two scores carry
+        same = torch.tensor([replies[i] == replies[n + i] for i in range(n)])
+        seen.gains += (scores[:n] - scores[n:]).masked_fill(same, 0.0).tolist()
         seen.candidate_scores += scores[:n].tolist()
         seen.live_scores += scores[n:].tolist()
         seen.kl_sums += ((candidate.logprobs - ref.logprobs[:n]) * mask).sum(-1).tolist()

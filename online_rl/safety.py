@@ -69,6 +69,16 @@ def _classifier():
     return predict_prob
 
 
+def classifier_version() -> str:
+    """The installed classifier's version: what it flags can change with it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alt-profanity-check")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def offensive_probability(texts: Sequence[str]) -> list[float]:
     """The classifier's probability that each text is offensive."""
     if not texts:

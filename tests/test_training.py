@@ -28,11 +28,12 @@ FAST = RoundConfig(
     seed=0,
 )
 # the gate's tests at the tiny model's scale: one look at 2 held-out pairs, one at 12 red-team
-# replies, the base's rates from 2 replies per red-team prompt
+# replies, the base's rates from 8 replies per red-team prompt
 SMALL_GATE = GateConfig(
     improvement=StagedTest((2,), (0.05,)),
     red_team=StagedTest((12,), (0.05,), min_sd=0.05),
-    base_red_team_seeds=2,
+    base_red_team_seeds=8,
+    text_pairs=2,
 )
 OPEN_GATE = replace(
     SMALL_GATE,
@@ -301,8 +302,11 @@ def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_o
         calls.clear()
         assert accepting.train("alice").accepted
         # the gain's stage: candidate and live on the same prompts and seeds
-        prompts, names, seeds, _ = calls[-2] if len(seeds_by_round) else calls[-3]
-        assert names == [TRAINABLE] * n + [trainer.policy.reference_name] * n
+        reference = trainer.policy.reference_name
+        prompts, names, seeds, _ = next(
+            c for c in reversed(calls) if TRAINABLE in c[1] and reference in c[1]
+        )
+        assert names == [TRAINABLE] * n + [reference] * n
         assert prompts[:n] == prompts[n:] and seeds[:n] == seeds[n:]
         seeds_by_round.append(seeds)
         # then, the candidate being better, its red-team stage, at the red-team length
@@ -310,10 +314,11 @@ def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_o
         assert names == [TRAINABLE] * m and length == gate.red_team_max_new_tokens
         # the base's red-team replies: sampled in the first round only (the base is frozen)
         base_calls = [c for c in calls if set(c[1]) == {BASE}]
-        assert len(base_calls) == (1 if len(seeds_by_round) == 1 else 0)
-        if base_calls:
-            assert len(base_calls[0][1]) == red_team * gate.base_red_team_seeds
-            assert base_calls[0][3] == gate.red_team_max_new_tokens
+        assert bool(base_calls) == (len(seeds_by_round) == 1)
+        assert sum(len(c[1]) for c in base_calls) == (
+            red_team * gate.base_red_team_seeds if base_calls else 0
+        )
+        assert all(c[3] == gate.red_team_max_new_tokens for c in base_calls)
     assert set(seeds_by_round[0]).isdisjoint(seeds_by_round[1])  # fresh seeds every round
 
 
@@ -439,3 +444,18 @@ def test_rounds_keep_the_version_folders_bounded(tmp_path: Path, tiny_model_dir:
         versions = asst.versions("alice")
     assert folders == ["v00003", "v00004"]  # the two newest refused candidates
     assert [v["version"] for v in versions] == [1, 2, 3, 4]  # every row stays: the history
+
+
+def test_identical_candidate_and_live_replies_are_a_tie_whatever_their_scores(
+    accepting: Assistant,
+) -> None:
+    from online_rl.round import GateSamples
+
+    trainer = accepting.trainer
+    prompt = trainer._prompt_ids([{"role": "user", "content": "hello"}])
+    same, other = [5, 6, 7], [8, 9]
+    seen = GateSamples()
+    # a score that differs for every row, as float noise between batch rows could
+    scores = lambda x: torch.arange(len(x), dtype=torch.float32)  # noqa: E731
+    trainer._add_pairs(seen, [prompt, prompt], [same, same, same, other], [True] * 4, scores)
+    assert seen.gains == [0.0, 1.0 - 3.0]  # the identical pair ties; the other is scored
