@@ -598,15 +598,12 @@ class Trainer:
         k = self.config.gate.base_red_team_seeds
         asked = [p for p in prompts for _ in range(k)]
         replies: list[list[int]] = []
-        chunk = len(prompts)  # a prompt's worth of rows at a time: 768 at once would hold
-        for start in range(0, len(asked), chunk):  # every row's KV cache together
-            rows, _ = self._sample(
-                asked[start : start + chunk],
-                [BASE] * len(asked[start : start + chunk]),
-                list(range(start, start + len(asked[start : start + chunk]))),
-                self.config.gate.red_team_max_new_tokens,
-            )
-            replies += rows
+        # a batch of len(prompts) rows at a time: 768 at once would hold every KV cache together
+        for start in range(0, len(asked), len(prompts)):
+            rows = asked[start : start + len(prompts)]
+            seeds = list(range(start, start + len(rows)))
+            tokens = self.config.gate.red_team_max_new_tokens
+            replies += self._sample(rows, [BASE] * len(rows), seeds, tokens)[0]
         screened = safety.screen(self._texts(replies), self.config.safety)
         return [
             (
@@ -646,21 +643,12 @@ class Trainer:
         seen = GateSamples()
         gain: Look | None = None
         while need := _still_needed(gain, g.improvement, len(seen.gains)):
-            prompts = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
-            seeds = [rng.randrange(2**31) for _ in range(need)]
-            names = [TRAINABLE] * need + [self.policy.reference_name] * need
-            replies, ended = self._gate_sample(prompts * 2, names, seeds * 2)
-            self._add_pairs(seen, prompts, replies, ended, score)
+            self._sample_pairs(seen, order, need, rng, score)
             gain = seen.gain_look(g)
         assert gain is not None, "the first stage always samples pairs"
         if gain.verdict == "pass" and len(seen.gains) < g.text_pairs:
             # decided early: the text and KL checks still read `text_pairs` pairs
-            need = g.text_pairs - len(seen.gains)
-            prompts = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
-            seeds = [rng.randrange(2**31) for _ in range(need)]
-            names = [TRAINABLE] * need + [self.policy.reference_name] * need
-            replies, ended = self._gate_sample(prompts * 2, names, seeds * 2)
-            self._add_pairs(seen, prompts, replies, ended, score)
+            self._sample_pairs(seen, order, g.text_pairs - len(seen.gains), rng, score)
         red_prompts = self._red_team_prompts()
         red_team: gate.RedTeamLooks | None = None
         if gain.verdict != "pass" or not red_prompts:
@@ -680,6 +668,22 @@ class Trainer:
             seen.red_probability += screened.probability
             red_team = seen.red_team_looks(g, baseline)
         return seen.measure(gain, red_team)
+
+    def _sample_pairs(
+        self,
+        seen: GateSamples,
+        order: list[list[int]],
+        need: int,
+        rng: random.Random,
+        score: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """`need` more held-out pairs: candidate and live on the next prompts of `order`, each
+        pair on one fresh seed."""
+        prompts = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
+        seeds = [rng.randrange(2**31) for _ in range(need)]
+        names = [TRAINABLE] * need + [self.policy.reference_name] * need
+        replies, ended = self._gate_sample(prompts * 2, names, seeds * 2)
+        self._add_pairs(seen, prompts, replies, ended, score)
 
     def _add_pairs(
         self,
