@@ -103,6 +103,9 @@ class ChatConfig:
     max_new_tokens_limit: the ceiling a caller's max_new_tokens may ask for.
     context_tokens: prompt + reply budget; the oldest turns are dropped to fit.
     system_prompt: None keeps the model's own chat template default.
+    compare_candidates: how many answers a Compare samples (one batched call) before it shows
+        the two whose A/B choice tells the user's reward head the most (`online_rl.pairs`);
+        2 shows both samples as drawn.
     """
 
     max_message_chars: int = 8000
@@ -110,6 +113,11 @@ class ChatConfig:
     context_tokens: int = 2048
     system_prompt: str | None = None
     max_reason_chars: int = 500
+    compare_candidates: int = 4
+
+    def __post_init__(self) -> None:
+        if self.compare_candidates < 2:
+            raise ValueError(f"compare_candidates must be >= 2, not {self.compare_candidates}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ errors of `assistant.errors`, and leaves the algorithms to the modules it calls.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import unicodedata
@@ -42,6 +43,8 @@ from storage import adapters as adapter_files
 from storage import export as feedback_export
 from storage import records
 from storage.db import Store, writing
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
     from assistant.batching import DecodeBatcher
@@ -442,19 +445,21 @@ class Assistant:
 
     @staticmethod
     def _answer(
-        sample: generation.Sample, version: int, settings: GenerationConfig
+        sample: generation.Sample,
+        version: int,
+        settings: GenerationConfig,
+        compare: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return {
-            "text": sample.text,
-            "adapter_version": version,
-            "generation": {
-                "max_new_tokens": settings.max_new_tokens,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "seed": settings.seed,
-                "ended_by_model": sample.finished,
-            },
+        generated = {
+            "max_new_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature,
+            "top_p": settings.top_p,
+            "seed": settings.seed,
+            "ended_by_model": sample.finished,
         }
+        if compare is not None:
+            generated["compare"] = compare
+        return {"text": sample.text, "adapter_version": version, "generation": generated}
 
     def chat_stream(
         self, user: str, message: str, conversation_id: str | None = None, **gen: Any
@@ -496,24 +501,42 @@ class Assistant:
     def compare(
         self, user: str, message: str, conversation_id: str | None = None, **gen: Any
     ) -> Pair:
-        """Two samples of the user's live adapter (seeds s and s+1) for an A/B choice."""
+        """Two answers of the user's live adapter for an A/B choice: `compare_candidates`
+        samples (seeds s, s+1, ...) in one batched call, of which the two whose choice teaches
+        the user's reward head the most are shown (`online_rl.pairs`). Each shown answer
+        stores its own seed and, under "compare", every candidate's seed, which two were shown
+        and why, so the pair can be replayed."""
         u, text, settings, prompt = self._prepare(user, message, conversation_id, gen)
-        seeds = [settings.seed, (settings.seed + 1) % SEED_RANGE]
-        samples, versions = self._complete([u.id, u.id], [prompt, prompt], settings, seeds)
+        k = self.config.chat.compare_candidates
+        seeds = [(settings.seed + i) % SEED_RANGE for i in range(k)]
+        samples, versions = self._complete([u.id] * k, [prompt] * k, settings, seeds)
+        i, j, why = self._pick_pair(u, prompt, samples)
+        drawn = {"seeds": seeds, "shown": [i, j], "why": why}
         answers = [
-            self._answer(
-                s,
-                v,
-                replace(settings, seed=seed),
-            )
-            for s, v, seed in zip(samples, versions, seeds, strict=True)
+            self._answer(samples[n], versions[n], replace(settings, seed=seeds[n]), drawn)
+            for n in (i, j)
         ]
         conv_id, stored = self._save(u, conversation_id, text, answers, pair=True)
         a, b = (
-            Reply(r["id"], conv_id, r["text"], r["adapter_version"], s.finished)
-            for r, s in zip(stored[1:], samples, strict=True)
+            Reply(r["id"], conv_id, r["text"], r["adapter_version"], samples[n].finished)
+            for r, n in zip(stored[1:], (i, j), strict=True)
         )
         return Pair(stored[0]["pair_id"], a, b)
+
+    def _pick_pair(
+        self, user: User, prompt: list[int], samples: list[generation.Sample]
+    ) -> tuple[int, int, str]:
+        """Which two candidates to show; the first two when there are only two, or when the
+        picker fails (the Compare still works; the failure is logged)."""
+        if len(samples) == 2:
+            return 0, 1, "as drawn"
+        eos = self.base.tokenizer.eos_token_id
+        replies = [s.token_ids + ([eos] if s.finished else []) or [eos] for s in samples]
+        try:
+            return self.trainer.pick_pair(user.id, prompt, replies)
+        except Exception as e:  # a broken picker must not take Compare down with it
+            log.exception("picking a Compare's pair failed; showing the first two")
+            return 0, 1, f"as drawn (picker failed: {type(e).__name__})"
 
     def generate(self, user: str, prompts: Sequence[str], **gen: Any) -> list[str]:
         """Batched single-turn replies with the user's live adapter; stores nothing."""

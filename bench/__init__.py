@@ -23,6 +23,7 @@ BENCHMARKS = {
     "adaptation": "bench.adaptation",
     "footprint": "bench.footprint",
     "gate": "bench.gate",
+    "heads": "bench.heads",
 }
 
 

@@ -41,7 +41,8 @@ from assistant import Assistant
 from bench import report
 from bench.chat_during_training import QUESTIONS, chat_once
 from bench.fresh import open_fresh
-from bench.personalize import CONCISE, PROMPTS, Preference, as_sample, clicks
+from bench.personalize import PROMPTS, as_sample
+from bench.tastes import CONCISE, Preference, clicks
 from online_rl.scheduler import SchedulerConfig
 from storage import records
 

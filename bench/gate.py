@@ -37,8 +37,9 @@ import torch
 
 from assistant import Assistant
 from assistant.generation import Sample, prompt_token_ids
-from bench.personalize import PREFERENCES, PROMPTS
+from bench.personalize import PROMPTS
 from bench.report import RESULTS, bar_plot, write
+from bench.tastes import PREFERENCES
 from online_rl import release_tests, reward, safety
 from online_rl.gate import GateConfig
 from online_rl.ppo import PPOConfig
@@ -51,7 +52,7 @@ TASTES = ("concise", "warm", "emphatic")
 
 def _sample_pool(
     asst: Assistant, prompts: Sequence[str], seeds: int, batch: int, max_new_tokens: int
-) -> tuple[list[int], list[Sample], list[list[int]]]:
+) -> tuple[list[int], list[Sample], list[tuple[list[int], list[int]]]]:
     """`seeds` replies to each prompt from the base, in batches, at the round's temperature."""
     ppo = PPOConfig()
     asks = [(i, p) for s in range(seeds) for i, p in enumerate(prompts)]
@@ -76,11 +77,11 @@ def _sample_pool(
         for p in prompts
     ]
     eos = tokenizer.eos_token_id
-    sequences = [
-        ids[i] + r.token_ids + ([eos] if r.finished else [])
+    examples = [
+        (ids[i], r.token_ids + ([eos] if r.finished else []))
         for (i, _), r in zip(asks, replies, strict=True)
     ]
-    return [i for i, _ in asks], replies, sequences
+    return [i for i, _ in asks], replies, examples
 
 
 def build_pool(asst: Assistant, folder: Path, heldout_seeds: int, red_seeds: int, batch: int):
@@ -98,11 +99,11 @@ def build_pool(asst: Assistant, folder: Path, heldout_seeds: int, red_seeds: int
         heldout = json.loads(PROMPTS.read_text())["heldout"]
         print(f"pool: {len(heldout)} held-out prompts x {heldout_seeds} seeds", flush=True)
         folder.mkdir(parents=True, exist_ok=True)
-        idx, replies, sequences = _sample_pool(
+        idx, replies, examples = _sample_pool(
             asst, heldout, heldout_seeds, batch, ppo.max_new_tokens
         )
         features = reward.features(
-            asst.base.model, sequences, asst.base.tokenizer.pad_token_id, asst.base.device
+            asst.base.model, examples, asst.base.tokenizer.pad_token_id, asst.base.device
         )
         torch.save(features, folder / "features.pt")
         data["heldout"] = {

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from online_rl.features import LAST_TOKEN, FeatureSpec, pool
+
 TRAINABLE = "default"  # peft saves the adapter of this name at the top of the folder
 LIVE = "live"
 BASE = "__base__"
@@ -48,6 +50,17 @@ class Batch:
     def last_index(self) -> torch.Tensor:
         """Column (within the response) of each row's last real token."""
         return (self.response_mask.sum(-1) - 1).clamp(min=0).long()
+
+    @property
+    def reply_mask(self) -> torch.Tensor:
+        """(B, P + R): 1 on response tokens, over the whole row."""
+        prompt = self.response_mask.new_zeros(len(self.ids), self.prompt_width)
+        return torch.cat([prompt, self.response_mask], dim=1)
+
+    def replies(self) -> list[list[int]]:
+        """Each row's response token ids (EOS included when sampled)."""
+        ids, mask = self.ids[:, self.prompt_width :].tolist(), self.response_mask.tolist()
+        return [[t for t, m in zip(r, k, strict=True) if m] for r, k in zip(ids, mask, strict=True)]
 
     def rows(self, index: torch.Tensor | slice) -> Batch:
         return Batch(
@@ -84,25 +97,47 @@ def make_batch(
 class Outputs:
     logprobs: torch.Tensor  # (B, R): log p(response token | prefix) at the given temperature
     values: torch.Tensor | None  # (B, R): value-head estimate before each response token
-    features: torch.Tensor  # (B, H): final hidden state at each row's last real token
+    features: torch.Tensor  # (B, F): the reply's reward features (`online_rl.features`)
+
+
+def backbone_pass(model: Any, batch: Batch) -> Any:
+    """The transformer body over the batch, every layer's hidden states kept."""
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return model.get_decoder()(
+        input_ids=batch.ids,
+        attention_mask=batch.attention_mask,
+        position_ids=positions,
+        output_hidden_states=True,
+    )
+
+
+def reply_features(model: Any, batch: Batch, spec: FeatureSpec) -> torch.Tensor:
+    """(B, F): the replies' reward features, from one pass of the body (no vocabulary)."""
+    out = backbone_pass(model, batch)
+    replies = batch.replies() if spec.lexical_dim else []
+    return pool(out.hidden_states, batch.reply_mask, replies, spec)
 
 
 def forward_batch(
-    model: Any, batch: Batch, temperature: float, value_head: nn.Module | None = None
+    model: Any,
+    batch: Batch,
+    temperature: float,
+    value_head: nn.Module | None = None,
+    feature_spec: FeatureSpec = LAST_TOKEN,
 ) -> Outputs:
-    """One pass over prompt + response; only response columns go through the vocabulary."""
-    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    backbone = model.get_decoder()
-    hidden = backbone(
-        input_ids=batch.ids, attention_mask=batch.attention_mask, position_ids=positions
-    ).last_hidden_state
+    """One pass over prompt + response; only response columns go through the vocabulary.
+    The reply's reward features come from the same pass (`features.pool` under
+    `feature_spec`), so what scores a rollout is what a stored reply was fitted on."""
+    out = backbone_pass(model, batch)
+    hidden = out.last_hidden_state
     width_r = batch.response_mask.shape[1]
     before = hidden[:, batch.prompt_width - 1 : batch.prompt_width - 1 + width_r]
     logits = model.get_output_embeddings()(before).float() / temperature
     targets = batch.ids[:, batch.prompt_width :]
     logprobs = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-    rows = torch.arange(len(batch.ids), device=batch.ids.device)
-    features = hidden[rows, batch.prompt_width + batch.last_index].float()
+    with torch.no_grad():
+        replies = batch.replies() if feature_spec.lexical_dim else []
+        features = pool(out.hidden_states, batch.reply_mask, replies, feature_spec)
     values = value_head(before.float()).squeeze(-1) if value_head is not None else None
     return Outputs(logprobs, values, features)
 

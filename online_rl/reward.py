@@ -1,9 +1,10 @@
 """Reward from clicks: r_user(x) = r_pop(x) + h_user(x) on frozen base-model features.
 
-Features are the base model's final hidden state at the last token of (prompt, reply), computed
-with every adapter disabled, so they do not drift while the policy trains. The population head
-learns from everyone and gives a new user a sensible start; the user's head is a small residual,
-initialised to zero and pulled toward zero, so three clicks cannot over-fit it.
+Features are the base model's hidden states over (prompt, reply), pooled as
+`online_rl.features` says, computed with every adapter disabled, so they do not drift while the
+policy trains. The population head learns from everyone and gives a new user a sensible start;
+the user's head is a small residual, initialised to zero and pulled toward zero, so three clicks
+cannot over-fit it.
 
 Losses, per kind of feedback, then weighted:
 - A/B with a winner: Bradley-Terry, -log sigmoid(r_winner - r_loser).
@@ -25,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from online_rl.features import LAST_TOKEN, FeatureSpec
+from online_rl.policy import make_batch, reply_features
+
 Outcome = Literal["a", "b", "tie", "both_bad"]
 
 
@@ -32,12 +36,14 @@ Outcome = Literal["a", "b", "tie", "both_bad"]
 class RewardConfig:
     """How reward heads are shaped and fitted.
 
+    features: what the heads read of a reply (`online_rl.features`); stored per message and
+        kind, so changing it recomputes features once, lazily.
     user_hidden: 0 makes the per-user head linear; > 0 gives it one hidden layer of that width.
     user_l2: pull of the per-user head's weights toward zero (its prior: "like everyone").
     pop_l2: the same for the population head, much weaker (it sees everyone's data).
     pair_weight, thumb_weight: how much A/B choices and thumbs count against each other.
     center: weight of mean(r^2), keeping scores near zero.
-    steps, lr: full-batch Adam steps per fit; the data per user is small.
+    steps: the most L-BFGS iterations per fit (it stops earlier once converged).
     holdout_fraction: share of a user's events held out to measure accuracy.
     population_events: how many of the user's own events the population head counts as: its
         weight in the user's reward is k / (k + n) after n events, so it guides a new user
@@ -45,14 +51,14 @@ class RewardConfig:
         about length, another group's taste would otherwise leak into this user's model).
     """
 
+    features: FeatureSpec = LAST_TOKEN
     user_hidden: int = 0
     user_l2: float = 1e-2
     pop_l2: float = 1e-4
     pair_weight: float = 1.0
     thumb_weight: float = 1.0
     center: float = 0.01
-    steps: int = 300
-    lr: float = 0.02
+    steps: int = 100
     holdout_fraction: float = 0.2
     population_events: int = 16
     seed: int = 0
@@ -87,32 +93,25 @@ class Feedback:
 @torch.inference_mode()
 def features(
     model: Any,
-    sequences: Sequence[Sequence[int]],
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
     pad_id: int,
     device: torch.device,
+    spec: FeatureSpec = LAST_TOKEN,
     base_only: AbstractContextManager[Any] | None = None,
     batch_size: int = 16,
 ) -> torch.Tensor:
-    """Final hidden state at the last token of each (prompt + reply) token sequence.
+    """Reward features of (prompt ids, reply ids) pairs, in batches: the same pass and the
+    same pooling (`policy.reply_features`) as the features of rollouts and gate replies.
 
-    `base_only` is the context that switches adapters off (peft's `disable_adapter()`); with
-    left padding the last column is every row's last real token.
+    `base_only` is the context that switches adapters off (peft's `disable_adapter()`), so
+    features do not drift while the policy trains.
     """
-    from assistant.generation import left_pad
-
     rows = []
     with base_only if base_only is not None else nullcontext():
-        for start in range(0, len(sequences), batch_size):
-            ids, mask = left_pad(sequences[start : start + batch_size], pad_id, device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                output_hidden_states=True,
-                logits_to_keep=1,
-            )
-            rows.append(out.hidden_states[-1][:, -1, :].float().cpu())
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = make_batch([p for p, _ in chunk], [r for _, r in chunk], pad_id, device)
+            rows.append(reply_features(model, batch, spec).float().cpu())
     return torch.cat(rows)
 
 
@@ -209,27 +208,48 @@ def pairwise_accuracy(scores: torch.Tensor, feedback: Feedback) -> float | None:
     return right / len(comparisons)
 
 
-def _fit(
-    head: RewardHead,
+def fit_head(
     inputs: torch.Tensor,
     feedback: Feedback,
     config: RewardConfig,
     l2: float,
     prior: torch.Tensor | None = None,
-) -> list[float]:
-    """Full-batch Adam on one head; `prior` is a fixed score added to its output."""
-    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=0.0)
+    hidden: int = 0,
+    threshold: float = 0.0,
+) -> tuple[RewardHead, list[float]]:
+    """A head fitted on `feedback` (indices into `inputs`), and its loss at each iteration.
+
+    Full-batch L-BFGS: a linear head's loss is convex (logistic and Bradley-Terry terms plus
+    L2), so this reaches its minimum in a few dozen cheap iterations where Adam needed
+    hundreds of steps and still stopped short. `prior` is a fixed score added to the head's;
+    `threshold` is where the thumb threshold c starts (it stays there without thumbs).
+    """
+    head = RewardHead(inputs.shape[1], hidden)
+    head.threshold.data.fill_(threshold)
     weights = [p for n, p in head.named_parameters() if n.endswith("weight")]
-    losses = []
-    for _ in range(config.steps):
+    optimizer = torch.optim.LBFGS(
+        head.parameters(),
+        lr=1.0,
+        max_iter=config.steps,
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
+    losses: list[float] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
         scores = head(inputs) + (prior if prior is not None else 0.0)
         loss = feedback_loss(scores, head.threshold, feedback, config)
         loss = loss + l2 * sum(w.pow(2).sum() for w in weights)
-        optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
         losses.append(loss.item())
-    return losses
+        return loss
+
+    if len(feedback):
+        optimizer.step(closure)
+    return head, losses
 
 
 @dataclass
@@ -267,8 +287,7 @@ def fit_population(
     """The shared head, on everyone's feedback (indices into `x`)."""
     torch.manual_seed(config.seed)
     standardizer = Standardizer(x.shape[1]).fit(x)
-    head = RewardHead(x.shape[1])
-    _fit(head, standardizer(x), feedback, config, config.pop_l2)
+    head, _ = fit_head(standardizer(x), feedback, config, config.pop_l2)
     return standardizer, head
 
 
@@ -286,9 +305,9 @@ def fit_user(
     weight = config.population_events / (config.population_events + len(feedback))
     with torch.no_grad():
         prior = weight * population(z)
-    head = RewardHead(x.shape[1], config.user_hidden)
-    head.threshold.data.copy_(population.threshold.data)
-    losses = _fit(head, z, train, config, config.user_l2, prior=prior)
+    head, losses = fit_head(
+        z, train, config, config.user_l2, prior, config.user_hidden, population.threshold.item()
+    )
     reward = UserReward(standardizer, population, head, weight)
     scores = reward.score(x)
     metrics = {

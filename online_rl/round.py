@@ -33,7 +33,7 @@ import torch
 
 from assistant import generation
 from assistant.config import HARMFUL_REASON, GenerationConfig
-from online_rl import gate, release_tests, reward, safety
+from online_rl import gate, pairs, release_tests, reward, safety
 from online_rl.policy import (
     BASE,
     TRAINABLE,
@@ -340,27 +340,54 @@ class Trainer:
     def _features(self, messages: list[records.Row]) -> torch.Tensor:
         """Base-model features of these replies, from the cache or computed and cached."""
         db = self.assistant.store.db
-        key = self.assistant.base.source
-        cached = records.get_features(db, (m["id"] for m in messages), key)
+        key, spec = self.assistant.base.source, self.config.reward.features
+        cached = records.get_features(db, (m["id"] for m in messages), key, spec.key)
         missing = [m for m in messages if m["id"] not in cached]
         if missing:
             examples = [self._example(m) for m in missing]
-            x = reward.features(
-                self.policy.peft,
-                [e.prompt + e.reply for e in examples],
-                self.assistant.base.tokenizer.pad_token_id,
-                self.assistant.base.device,
-                base_only=self.policy.base_only(),
-            )
+            x = self._base_features([(e.prompt, e.reply) for e in examples])
             rows = [
                 (m["id"], m["user_id"], x[i].numpy().astype("<f4").tobytes())
                 for i, m in enumerate(missing)
             ]
-            records.put_features(db, key, rows)
+            records.put_features(db, key, spec.key, rows)
             cached.update({m: v for m, _, v in rows})
         return torch.stack(
             [torch.frombuffer(bytearray(cached[m["id"]]), dtype=torch.float32) for m in messages]
         )
+
+    def _base_features(self, examples: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Reward features of (prompt, reply) token ids from the bare base model: its pristine
+        module tree, which no adapter touches, so this is safe beside a running round."""
+        base = self.assistant.base
+        return reward.features(
+            base.pristine,
+            examples,
+            base.tokenizer.pad_token_id,
+            base.device,
+            self.config.reward.features,
+        )
+
+    def pick_pair(
+        self, user_id: str, prompt: list[int], replies: list[list[int]]
+    ) -> tuple[int, int, str]:
+        """Which two of a Compare's candidate replies to show, and why (`online_rl.pairs`):
+        the pair the user's own head (fitted now on all their clicks) learns most from, or the
+        two most different while the user has not clicked yet. Inputs are standardised over
+        the user's clicked replies and the candidates."""
+        data = self._feedback(user_id)
+        candidates = self._base_features([(prompt, r) for r in replies])
+        clicked = self._features(data.replies) if data.replies else candidates[:0]
+        both = torch.cat([clicked, candidates])
+        z = reward.Standardizer(both.shape[1]).fit(both)(both).detach()
+        user, options = z[: len(clicked)], z[len(clicked) :]
+        if not len(data.feedback):
+            return (*pairs.most_different(options), "most different (no clicks yet)")
+        c = self.config.reward
+        head, _ = reward.fit_head(user, data.feedback, c, c.user_l2)
+        belief = pairs.posterior(head, user, data.feedback, c, c.user_l2)
+        i, j = pairs.most_informative(options, head, belief)
+        return i, j, f"most informative for the head ({len(data.feedback)} clicks)"
 
     def _feedback(self, user_id: str | None) -> UserFeedback:
         """One user's (or everyone's) clicks, in the shapes the round needs."""
@@ -522,13 +549,17 @@ class Trainer:
                 del self._reference_logprobs[key]
 
     def _liked_pool(self, user_id: str) -> list[tuple[Example, torch.Tensor]]:
-        """The user's stored liked samples of this base model (the newest `liked_pool`)."""
-        rows = records.list_liked_samples(
-            self.assistant.store.db,
-            user_id,
-            self.assistant.base.source,
-            self.config.round.liked_pool,
-        )
+        """The user's stored liked samples of this base model (the newest `liked_pool`); any
+        whose vector is of another feature kind than the head now reads gets a new one."""
+        db, base = self.assistant.store.db, self.assistant.base
+        kind = self.config.reward.features
+        rows = records.list_liked_samples(db, user_id, base.source, self.config.round.liked_pool)
+        stale = [r for r in rows if r["kind"] != kind.key]
+        if stale:
+            x = self._base_features([(r["prompt"], r["reply"]) for r in stale])
+            fresh = {r["id"]: x[i].numpy().astype("<f4").tobytes() for i, r in enumerate(stale)}
+            records.set_liked_vectors(db, kind.key, fresh)
+            rows = [r | {"vector": fresh.get(r["id"], r["vector"])} for r in rows]
         return [
             (
                 Example(r["prompt"], r["reply"]),
@@ -544,7 +575,9 @@ class Trainer:
         rows = [(e.prompt, e.reply, x.numpy().astype("<f4").tobytes()) for e, x in samples]
         with writing(db):
             if records.user_exists(db, user_id):
-                records.add_liked_samples(db, user_id, self.assistant.base.source, rows)
+                records.add_liked_samples(
+                    db, user_id, self.assistant.base.source, self.config.reward.features.key, rows
+                )
                 records.trim_liked_samples(db, user_id, self.config.round.liked_pool)
 
     def _red_team_prompts(self) -> list[list[int]]:
@@ -723,7 +756,12 @@ class Trainer:
         base = self.assistant.base
         batch = make_batch(prompts, replies, base.tokenizer.pad_token_id, base.device)
         with torch.no_grad(), self.policy.base_only():
-            out = forward_batch(self.policy.peft, batch, self.config.ppo.temperature)
+            out = forward_batch(
+                self.policy.peft,
+                batch,
+                self.config.ppo.temperature,
+                feature_spec=self.config.reward.features,
+            )
         return batch, out
 
     def _resume_point(self, user_id: str, live_version: int) -> tuple[int, Path] | None:

@@ -203,6 +203,21 @@ def m006_trainer_state(db: Database) -> None:
     )
 
 
+# the features every reply had before features had kinds (`online_rl.features.LAST_TOKEN.key`)
+FIRST_FEATURE_KIND = "L-1:last"
+
+
+@migrations()
+def m007_feature_kinds(db: Database) -> None:
+    """Reward features of several kinds (which layers, which pooling: `online_rl.features`):
+    a reply may have a vector of each, so the kind joins the key. Existing vectors were all
+    of the first kind and keep it; a reply lacking the kind a head now reads gets it computed
+    when needed, so nothing is lost. Liked samples record the kind of their vector too."""
+    db["features"].add_column("kind", str, not_null_default=FIRST_FEATURE_KIND)
+    db["features"].transform(pk=("message_id", "model", "kind"))
+    db["liked_samples"].add_column("kind", str, not_null_default=FIRST_FEATURE_KIND)
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

@@ -453,33 +453,47 @@ def user_prompts(db: Database, user_id: str, limit: int) -> list[Row]:
     )
 
 
-def get_features(db: Database, message_ids: Iterable[str], model: str) -> dict[str, bytes]:
+def get_features(
+    db: Database, message_ids: Iterable[str], model: str, kind: str
+) -> dict[str, bytes]:
+    """The stored feature vectors of these messages computed by `model`, of this `kind`."""
     ids = list(message_ids)
     out: dict[str, bytes] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ",".join("?" * len(chunk))
         for r in db.query(
-            f"select message_id, vector from features where model = ? and message_id in ({marks})",
-            [model, *chunk],
+            "select message_id, vector from features where model = ? and kind = ? "
+            f"and message_id in ({marks})",
+            [model, kind, *chunk],
         ):
             out[r["message_id"]] = r["vector"]
     return out
 
 
-def put_features(db: Database, model: str, rows: Iterable[tuple[str, str, bytes]]) -> None:
-    """Store (message_id, user_id, float32 bytes) feature vectors computed with `model`."""
+def put_features(
+    db: Database, model: str, kind: str, rows: Iterable[tuple[str, str, bytes]]
+) -> None:
+    """Store (message_id, user_id, float32 bytes) feature vectors of `kind` computed with
+    `model`."""
     db["features"].upsert_all(
-        [{"message_id": m, "model": model, "user_id": u, "vector": v} for m, u, v in rows],
-        pk=("message_id", "model"),
+        [
+            {"message_id": m, "model": model, "kind": kind, "user_id": u, "vector": v}
+            for m, u, v in rows
+        ],
+        pk=("message_id", "model", "kind"),
     )
 
 
 def add_liked_samples(
-    db: Database, user_id: str, model: str, samples: Iterable[tuple[list[int], list[int], bytes]]
+    db: Database,
+    user_id: str,
+    model: str,
+    kind: str,
+    samples: Iterable[tuple[list[int], list[int], bytes]],
 ) -> None:
-    """Add (prompt ids, reply ids, float32 feature bytes) rollout samples to the user's liked
-    pool for `model`, newest last."""
+    """Add (prompt ids, reply ids, float32 feature bytes of `kind`) rollout samples to the
+    user's liked pool for `model`, newest last."""
     stamp = now()
     db["liked_samples"].insert_all(
         [
@@ -490,6 +504,7 @@ def add_liked_samples(
                 "prompt": json.dumps(prompt),
                 "reply": json.dumps(reply),
                 "vector": vector,
+                "kind": kind,
                 "created": stamp,
             }
             for prompt, reply, vector in samples
@@ -509,6 +524,16 @@ def list_liked_samples(db: Database, user_id: str, model: str, limit: int) -> li
         r | {"prompt": json.loads(r["prompt"]), "reply": json.loads(r["reply"])}
         for r in reversed(list(rows))
     ]
+
+
+def set_liked_vectors(db: Database, kind: str, vectors: dict[str, bytes]) -> None:
+    """Replace liked samples' vectors (by sample id) with ones of `kind`."""
+    with writing(db):
+        for sample_id, vector in vectors.items():
+            db.execute(
+                "update liked_samples set vector = ?, kind = ? where id = ?",
+                [vector, kind, sample_id],
+            )
 
 
 def liked_sample_count(db: Database, user_id: str, model: str) -> int:

@@ -36,6 +36,7 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m004_pruned_versions",
         "m005_relative_version_paths",
         "m006_trainer_state",
+        "m007_feature_kinds",
     ]
 
 
@@ -172,3 +173,38 @@ def test_absolute_version_paths_become_relative_to_the_data_folder(tmp_path: Pat
     rows = records.list_adapter_versions(db, user_id)
     assert Path(rows[0]["path"]) == tmp_path / "restored" / "adapters" / user_id / "v00001"
     assert rows[1]["path"] == "/somewhere/else/entirely"  # not of the data folder's shape: kept
+
+
+def test_feature_vectors_gain_kinds_and_keep_the_old_ones(tmp_path: Path) -> None:
+    """m007: a reply's stored vector (all of one kind before) is kept under the first kind, and
+    a vector of another kind can sit beside it."""
+    from sqlite_utils import Database
+
+    from storage.db import FIRST_FEATURE_KIND, migrations
+
+    path = tmp_path / "attune.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m007_feature_kinds")
+    user_id = records.add_user(db, "u", None, "user")["id"]
+    conv = records.add_conversation(db, user_id, "hi")["id"]
+    message = records.add_messages(db, conv, user_id, [{"role": "assistant", "text": "yo"}])[0]
+    db["features"].insert(
+        {"message_id": message["id"], "model": "m", "user_id": user_id, "vector": b"old"}
+    )
+    liked = {"id": "s", "user_id": user_id, "model": "m", "prompt": "[1]", "reply": "[2]"}
+    db["liked_samples"].insert(liked | {"vector": b"old", "created": records.now()})
+    db.close()
+    db = connect(path)
+    assert records.get_features(db, [message["id"]], "m", FIRST_FEATURE_KIND) == {
+        message["id"]: b"old"
+    }
+    records.put_features(db, "m", "L12:mean", [(message["id"], user_id, b"new")])
+    assert records.get_features(db, [message["id"]], "m", "L12:mean") == {message["id"]: b"new"}
+    assert records.get_features(db, [message["id"]], "m", FIRST_FEATURE_KIND)[message["id"]] == (
+        b"old"
+    )
+    [sample] = records.list_liked_samples(db, user_id, "m", 10)
+    assert sample["kind"] == FIRST_FEATURE_KIND and sample["vector"] == b"old"
+    records.set_liked_vectors(db, "L12:mean", {"s": b"new"})
+    [sample] = records.list_liked_samples(db, user_id, "m", 10)
+    assert (sample["kind"], sample["vector"]) == ("L12:mean", b"new")

@@ -50,8 +50,8 @@ def test_liked_samples_rows_keep_the_newest_per_user_and_model(tmp_path: Path) -
     db = Store(tmp_path / "a.db").db
     alice = records.add_user(db, "alice", None, "user")["id"]
     vector = torch.arange(3, dtype=torch.float32).numpy().tobytes()
-    records.add_liked_samples(db, alice, "m1", [([1, 2], [3, i], vector) for i in range(5)])
-    records.add_liked_samples(db, alice, "m2", [([9], [9], vector)])
+    records.add_liked_samples(db, alice, "m1", "k", [([1, 2], [3, i], vector) for i in range(5)])
+    records.add_liked_samples(db, alice, "m2", "k", [([9], [9], vector)])
     newest = records.list_liked_samples(db, alice, "m1", 3)
     assert [r["reply"] for r in newest] == [[3, 2], [3, 3], [3, 4]]  # oldest of the three first
     assert newest[0]["prompt"] == [1, 2] and newest[0]["vector"] == vector

@@ -1,0 +1,104 @@
+"""What a reward head reads of a reply: the base model's hidden states, pooled, plus word counts.
+
+One function, `pool`, turns one forward pass's hidden states into a reply's features, and every
+path that scores replies goes through it: fitting a head on stored messages, scoring rollouts in
+the round's base pass, and the gate's pairs. (Before, fitting and scoring took "the last token"
+in two places that agreed only by a padding convention.)
+
+Why these choices (`attune bench heads` measures them; the README has the table):
+- a middle layer, averaged over the reply's tokens, sees "is X anywhere in the reply" (a word,
+  bold text, a list) far better than the last layer at the last token, which mostly encodes
+  what comes next;
+- lexical counts (hashed token unigrams and bigrams of the reply) keep a marker seen in a
+  handful of liked replies from being lost among hundreds of dense dimensions: a "wide and
+  deep" head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Pooling = Literal["last", "mean"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features a reply gets.
+
+    layers: indices into the model's hidden states (0 = embeddings, -1 = the last layer).
+    pooling: "last" (the reply's last token) or "mean" (over the reply's tokens, EOS included).
+    lexical_dim: hashed token unigram and bigram presence of the reply, this many buckets (0:
+        none), scaled by `lexical_scale` so it weighs about as much as the dense part.
+    """
+
+    layers: tuple[int, ...] = (-1,)
+    pooling: Pooling = "last"
+    lexical_dim: int = 0
+    lexical_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("a feature spec needs at least one layer")
+        if self.pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', not {self.pooling!r}")
+        if self.lexical_dim < 0:
+            raise ValueError(f"lexical_dim must be >= 0, not {self.lexical_dim}")
+
+    @property
+    def key(self) -> str:
+        """A short stable name (cached features are stored under it)."""
+        layers = ",".join(str(i) for i in self.layers)
+        lexical = f"+lex{self.lexical_dim}x{self.lexical_scale:g}" if self.lexical_dim else ""
+        return f"L{layers}:{self.pooling}{lexical}"
+
+
+LAST_TOKEN = FeatureSpec()  # the last layer at the reply's last token (the first heads' features)
+
+
+def pooled(hidden: torch.Tensor, reply_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """(B, H) from one layer's (B, T, H) states; `reply_mask` (B, T) is 1 on reply tokens."""
+    mask = reply_mask.to(hidden.dtype)
+    if pooling == "mean":
+        return ((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).float()
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    last = (columns * reply_mask.long()).amax(1)  # the reply's last column
+    return hidden[torch.arange(len(hidden), device=hidden.device), last].float()
+
+
+def lexical(reply_ids: Sequence[Sequence[int]], dim: int) -> torch.Tensor:
+    """(B, dim): 1 where a hashed token unigram or bigram of the reply lands, else 0."""
+    out = torch.zeros(len(reply_ids), dim)
+    for row, ids in enumerate(reply_ids):
+        grams = [(t,) for t in ids] + list(zip(ids, ids[1:], strict=False))
+        buckets = {(hash_gram(g)) % dim for g in grams}
+        if buckets:
+            out[row, list(buckets)] = 1.0
+    return out
+
+
+def hash_gram(gram: tuple[int, ...]) -> int:
+    """A hash of a token n-gram that is the same in every process (Python's `hash` of a
+    tuple of ints is too, but say so explicitly: stored features depend on it)."""
+    h = 1469598103934665603  # FNV-1a, 64 bit
+    for t in gram:
+        for byte in int(t).to_bytes(4, "little"):
+            h = ((h ^ byte) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h ^ len(gram)
+
+
+def pool(
+    hidden_states: Sequence[torch.Tensor],
+    reply_mask: torch.Tensor,
+    reply_ids: Sequence[Sequence[int]],
+    spec: FeatureSpec,
+) -> torch.Tensor:
+    """A reply's features under `spec` from one pass's hidden states (every layer's, as
+    transformers returns them with `output_hidden_states=True`)."""
+    parts = [pooled(hidden_states[layer], reply_mask, spec.pooling) for layer in spec.layers]
+    if spec.lexical_dim:
+        parts.append(spec.lexical_scale * lexical(reply_ids, spec.lexical_dim).to(parts[0]))
+    return torch.cat(parts, dim=-1)
