@@ -24,6 +24,7 @@ BENCHMARKS = {
     "footprint": "bench.footprint",
     "gate": "bench.gate",
     "heads": "bench.heads",
+    "compare": "bench.compare",
 }
 
 

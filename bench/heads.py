@@ -22,7 +22,7 @@ import json
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from assistant.generation import Sample, prompt_token_ids
 from bench.report import RESULTS, write
 from bench.tastes import ALL, Preference, clicks
 from online_rl import pairs, reward
-from online_rl.features import lexical, pooled
+from online_rl.features import LAST_TOKEN, FeatureSpec, lexical, pooled
 from online_rl.policy import backbone_pass, make_batch
 from online_rl.reward import RewardHead
 
@@ -60,16 +60,26 @@ def _prompts() -> list[str]:
     return [p for kind in json.loads(PROMPTS.read_text()).values() for p in kind]
 
 
+def load_pool(folder: Path, settings: dict | None = None) -> Pool | None:
+    """The pool on disk, if there is one (built with `settings`, when given)."""
+    meta, tensors = folder / "pool.json", folder / "hidden.pt"
+    if not (meta.exists() and tensors.exists()):
+        return None
+    data = json.loads(meta.read_text())
+    if settings is not None and data["settings"] != settings:
+        return None
+    samples = [Sample(i, t, f) for i, t, f in zip(*data["samples"], strict=True)]
+    hidden = {(p, int(k)): v for (p, k), v in torch.load(tensors).items()}
+    return Pool(data["prompt"], samples, hidden, data["reply_ids"])
+
+
 def build_pool(asst: Assistant, folder: Path, seeds: int, tokens: int, batch: int) -> Pool:
     """The pool, from disk when it was built with these settings, else sampled now."""
     settings = {"seeds": seeds, "max_new_tokens": tokens, "layers": list(LAYERS)}
     meta, tensors = folder / "pool.json", folder / "hidden.pt"
-    if meta.exists() and tensors.exists():
-        data = json.loads(meta.read_text())
-        if data["settings"] == settings:
-            samples = [Sample(i, t, f) for i, t, f in zip(*data["samples"], strict=True)]
-            hidden = {(p, int(k)): v for (p, k), v in torch.load(tensors).items()}
-            return Pool(data["prompt"], samples, hidden, data["reply_ids"])
+    cached = load_pool(folder, settings)
+    if cached is not None:
+        return cached
     prompts = _prompts()
     if POOL_USER not in {u.name for u in asst.users()}:
         asst.add_user(POOL_USER)
@@ -131,36 +141,42 @@ def build_pool(asst: Assistant, folder: Path, seeds: int, tokens: int, batch: in
 
 @dataclass(frozen=True)
 class Design:
-    """A head: which features (layers, pooling, lexical buckets), an optional low-rank basis
-    (the top principal directions of the pool's standardised features: a basis learned from
-    the population's replies, no labels), and its L2 pull toward "no opinion"."""
+    """A head: its features (`online_rl.features.FeatureSpec`, exactly what the product would
+    compute), an optional low-rank basis (the top principal directions of the pool's
+    standardised dense features: a basis learned from the population's replies, no labels),
+    and its L2 pull toward "no opinion"."""
 
     name: str
-    layers: tuple[int, ...] = (30,)
-    pooling: str = "last"
-    lexical_dim: int = 0
-    lexical_scale: float = 1.0
+    spec: FeatureSpec
     rank: int = 0
     l2: float = 1e-2
+    balance_thumbs: bool = False
+
+    @property
+    def config(self) -> reward.RewardConfig:
+        return replace(reward.RewardConfig(), balance_thumbs=self.balance_thumbs)
 
 
 def design_matrix(pool: Pool, d: Design) -> torch.Tensor:
-    """Every pool reply's inputs to the head under design `d`."""
-    dense = torch.cat([pool.hidden[(d.pooling, k)] for k in d.layers], dim=1)
+    """Every pool reply's inputs to the head under design `d`: dense parts standardised over
+    the pool (as the product standardises over everyone's replies), lexical counts as they are."""
+    last = max(LAYERS)
+    dense = torch.cat([pool.hidden[(p, last if k == -1 else k)] for p, k in d.spec.parts], dim=1)
     z = (dense - dense.mean(0)) / dense.std(0).clamp(min=1e-4)
     if d.rank:
         _, _, v = torch.linalg.svd(z, full_matrices=False)
         z = z @ v[: d.rank].T
         z = z / z.std(0).clamp(min=1e-4)
-    if d.lexical_dim:
-        z = torch.cat([z, d.lexical_scale * lexical(pool.reply_ids, d.lexical_dim)], dim=1)
+    if d.spec.lexical_dim:
+        z = torch.cat(
+            [z, d.spec.lexical_scale * lexical(pool.reply_ids, d.spec.lexical_dim)], dim=1
+        )
     return z
 
 
 DESIGNS = [
-    Design("today: last layer, last token", (30,), "last"),
-    *(Design(f"layer {k}, mean", (k,), "mean") for k in (8, 12, 16, 20, 24, 30)),
-    Design("layers 12+20, mean", (12, 20), "mean"),
+    Design("today: last layer, last token", LAST_TOKEN),
+    *(Design(f"layer {k}, mean", FeatureSpec((("mean", k),))) for k in (8, 12, 16, 20, 24, -1)),
 ]
 
 
@@ -227,20 +243,19 @@ def pair_accuracy(scores: torch.Tensor, graded: torch.Tensor, groups: list[list[
 
 
 def evaluate(
-    pool: Pool, x: torch.Tensor, l2: float, taste: str, n: int, draws: int, seed: int
+    pool: Pool, x: torch.Tensor, d: Design, taste: str, n: int, draws: int, seed: int
 ) -> tuple[list[float], list[float]]:
     """(balanced accuracies, pair accuracies) over `draws` random users of `taste`."""
     pref = ALL[taste]
     sat, graded = (torch.tensor(v) for v in labels(pool, pref))
     prompts = sorted(set(pool.prompt))
-    config = reward.RewardConfig()
-    balanced, pairs = [], []
+    balanced, pair_accuracies = [], []
     for k in range(draws):
         rng = random.Random(seed * 1000 + k)
         held = set(rng.sample(prompts, len(prompts) // 3))
         train = set(prompts) - held
         fb = simulate(pool, pref, train, n, rng)
-        head, _ = reward.fit_head(*clicked_rows(x, fb), config, l2)
+        head, _ = reward.fit_head(*clicked_rows(x, fb), d.config, d.l2)
         scores = head(x).detach()
         liked = scores > head.threshold.detach()
         rows = torch.tensor([p in held for p in pool.prompt])
@@ -251,8 +266,8 @@ def evaluate(
         for i, p in enumerate(pool.prompt):
             if p in held:
                 groups.setdefault(p, []).append(i)
-        pairs.append(pair_accuracy(scores, graded, list(groups.values())))
-    return balanced, pairs
+        pair_accuracies.append(pair_accuracy(scores, graded, list(groups.values())))
+    return balanced, pair_accuracies
 
 
 # active pairs ---------------------------------------------------------------------------------
@@ -261,7 +276,7 @@ def evaluate(
 def pair_trial(
     pool: Pool,
     x: torch.Tensor,
-    l2: float,
+    d: Design,
     pref: Preference,
     held: set[int],
     checkpoints: tuple[int, ...],
@@ -273,7 +288,6 @@ def pair_trial(
     prompt: the first two drawn, or the pair `online_rl.pairs` picks with the head fitted on
     the choices so far. (share of choices that named a winner, the head after each checkpoint's
     number of choices)"""
-    config = reward.RewardConfig()
     by_prompt: dict[int, list[int]] = {}
     for i, p in enumerate(pool.prompt):
         if p not in held:
@@ -291,13 +305,13 @@ def pair_trial(
             a, b = candidates[i], candidates[j]
         else:
             z, local = clicked_rows(x, fb)
-            belief = pairs.posterior(head, z, local, config, l2)
+            belief = pairs.posterior(head, z, local, d.config, d.l2)
             i, j = pairs.most_informative(x[candidates], head, belief)
             a, b = candidates[i], candidates[j]
         winner, _, _ = clicks(pref, pool.samples[a], pool.samples[b], rng)
         decided += winner in ("a", "b")
         fb.pairs.append((a, b, winner))
-        head, _ = reward.fit_head(*clicked_rows(x, fb), config, l2)
+        head, _ = reward.fit_head(*clicked_rows(x, fb), d.config, d.l2)
         if n in checkpoints:
             heads[n] = head
     return decided / max(checkpoints), heads
@@ -306,7 +320,7 @@ def pair_trial(
 def pair_lab(
     pool: Pool,
     x: torch.Tensor,
-    l2: float,
+    d: Design,
     taste: str,
     checkpoints: tuple[int, ...],
     draws: int,
@@ -322,9 +336,7 @@ def pair_lab(
         for k in range(draws):
             rng = random.Random(seed * 1000 + k)
             held = set(rng.sample(prompts, len(prompts) // 3))
-            share, heads = pair_trial(
-                pool, x, l2, pref, held, checkpoints, 4, mode == "active", rng
-            )
+            share, heads = pair_trial(pool, x, d, pref, held, checkpoints, 4, mode == "active", rng)
             groups: dict[int, list[int]] = {}
             for i, p in enumerate(pool.prompt):
                 if p in held:
@@ -358,6 +370,13 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser.add_argument("--tastes", default=",".join(TASTES))
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pairs",
+        default="",
+        metavar="DESIGN",
+        help="instead of the head table: random vs active A/B pairs with this design's head",
+    )
+    parser.add_argument("--pair-draws", type=int, default=10, help="random users per cell")
     parser.add_argument("--out", default=str(RESULTS / "heads.json"))
     opts = parser.parse_args(options)
     folder = Path(args.data_dir) / "bench-heads-pool"
@@ -370,6 +389,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     finally:
         asst.close()
     tastes = opts.tastes.split(",")
+    if opts.pairs:
+        return run_pairs(pool, opts, options, tastes)
     sizes = [int(n) for n in opts.sizes.split(",")]
     chosen = set(opts.designs.split(",")) if opts.designs else None
     designs = [d for d in DESIGNS if chosen is None or d.name in chosen]
@@ -381,7 +402,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         started = time.monotonic()
         x = design_matrix(pool, d)
         for t in tastes:
-            cells = [evaluate(pool, x, d.l2, t, n, opts.draws, opts.seed) for n in sizes]
+            cells = [evaluate(pool, x, d, t, n, opts.draws, opts.seed) for n in sizes]
             raw[f"{d.name} | {t}"] = {
                 str(n): {"balanced": b, "pairs": p} for n, (b, p) in zip(sizes, cells, strict=True)
             }
@@ -413,7 +434,45 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             "base_rates": base_rates,
             "kinds": {t: ALL[t].kind for t in tastes},
             "draws": opts.draws,
-            "designs": [d.__dict__ for d in designs],
+            "designs": {d.name: {**d.__dict__, "spec": d.spec.key} for d in designs},
+            "raw": raw,
+        },
+        out.parent,
+    )
+    return 0
+
+
+def run_pairs(pool: Pool, opts: argparse.Namespace, options: list[str], tastes: list[str]) -> int:
+    """The active-pairs table: per taste, random vs active pairs after 16 and 32 choices."""
+    [design] = [d for d in DESIGNS if d.name == opts.pairs]
+    x = design_matrix(pool, design)
+    rows, raw = [], {}
+    for t in tastes:
+        started = time.monotonic()
+        cell = pair_lab(pool, x, design, t, (16, 32), opts.pair_draws, opts.seed)
+        raw[t] = cell
+        for mode in ("random", "active"):
+            c = cell[mode]
+            rows.append(
+                [
+                    t,
+                    mode,
+                    spread(c["informative"]),
+                    spread(c["pair_accuracy_16"]),
+                    spread(c["pair_accuracy_32"]),
+                ]
+            )
+        print(f"  {t}: {time.monotonic() - started:.1f} s", flush=True)
+    out = Path(opts.out)
+    write(
+        out.stem,
+        f"attune bench heads {' '.join(options)}".strip(),
+        ["taste", "pairs", "informative share", "pair acc, 16 choices", "pair acc, 32 choices"],
+        rows,
+        {
+            "design": {**design.__dict__, "spec": design.spec.key},
+            "draws": opts.pair_draws,
+            "candidates": 4,
             "raw": raw,
         },
         out.parent,

@@ -29,31 +29,31 @@ Pooling = Literal["last", "mean"]
 class FeatureSpec:
     """Which features a reply gets.
 
-    layers: indices into the model's hidden states (0 = embeddings, -1 = the last layer).
-    pooling: "last" (the reply's last token) or "mean" (over the reply's tokens, EOS included).
-    lexical_dim: hashed token unigram and bigram presence of the reply, this many buckets (0:
-        none), scaled by `lexical_scale` so it weighs about as much as the dense part.
+    parts: (pooling, layer) pairs, concatenated: pooling "last" (the reply's last token) or
+        "mean" (over the reply's tokens, EOS included); layer an index into the model's hidden
+        states (0 = embeddings, -1 = the last layer).
+    lexical_dim: hashed token unigram and bigram counts of the reply (log(1 + count)), this
+        many buckets (0: none), times `lexical_scale`.
     """
 
-    layers: tuple[int, ...] = (-1,)
-    pooling: Pooling = "last"
+    parts: tuple[tuple[Pooling, int], ...] = (("last", -1),)
     lexical_dim: int = 0
     lexical_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.layers:
-            raise ValueError("a feature spec needs at least one layer")
-        if self.pooling not in ("last", "mean"):
-            raise ValueError(f"pooling must be 'last' or 'mean', not {self.pooling!r}")
+        if not self.parts:
+            raise ValueError("a feature spec needs at least one (pooling, layer) part")
+        if any(p not in ("last", "mean") for p, _ in self.parts):
+            raise ValueError(f"pooling must be 'last' or 'mean', in {self.parts}")
         if self.lexical_dim < 0:
             raise ValueError(f"lexical_dim must be >= 0, not {self.lexical_dim}")
 
     @property
     def key(self) -> str:
         """A short stable name (cached features are stored under it)."""
-        layers = ",".join(str(i) for i in self.layers)
+        dense = "+".join(f"L{layer}:{pooling}" for pooling, layer in self.parts)
         lexical = f"+lex{self.lexical_dim}x{self.lexical_scale:g}" if self.lexical_dim else ""
-        return f"L{layers}:{self.pooling}{lexical}"
+        return dense + lexical
 
 
 LAST_TOKEN = FeatureSpec()  # the last layer at the reply's last token (the first heads' features)
@@ -70,14 +70,14 @@ def pooled(hidden: torch.Tensor, reply_mask: torch.Tensor, pooling: Pooling) -> 
 
 
 def lexical(reply_ids: Sequence[Sequence[int]], dim: int) -> torch.Tensor:
-    """(B, dim): 1 where a hashed token unigram or bigram of the reply lands, else 0."""
+    """(B, dim): log(1 + how many of the reply's token unigrams and bigrams hash to each
+    bucket). Counts, not presence: "says 'you' four times" is a taste too."""
     out = torch.zeros(len(reply_ids), dim)
     for row, ids in enumerate(reply_ids):
         grams = [(t,) for t in ids] + list(zip(ids, ids[1:], strict=False))
-        buckets = {(hash_gram(g)) % dim for g in grams}
-        if buckets:
-            out[row, list(buckets)] = 1.0
-    return out
+        for g in grams:
+            out[row, hash_gram(g) % dim] += 1.0
+    return out.log1p()
 
 
 def hash_gram(gram: tuple[int, ...]) -> int:
@@ -98,7 +98,7 @@ def pool(
 ) -> torch.Tensor:
     """A reply's features under `spec` from one pass's hidden states (every layer's, as
     transformers returns them with `output_hidden_states=True`)."""
-    parts = [pooled(hidden_states[layer], reply_mask, spec.pooling) for layer in spec.layers]
+    parts = [pooled(hidden_states[layer], reply_mask, pooling) for pooling, layer in spec.parts]
     if spec.lexical_dim:
         parts.append(spec.lexical_scale * lexical(reply_ids, spec.lexical_dim).to(parts[0]))
     return torch.cat(parts, dim=-1)

@@ -43,6 +43,9 @@ class RewardConfig:
     pop_l2: the same for the population head, much weaker (it sees everyone's data).
     pair_weight, thumb_weight: how much A/B choices and thumbs count against each other.
     center: weight of mean(r^2), keeping scores near zero.
+    balance_thumbs: weigh liked and not-liked labels half each in the thumbs loss. A rare
+        taste (liked 1 time in 10) otherwise sets the threshold c so high that "liked" is
+        almost never predicted: right 90% of the time, useless for finding the liked ones.
     steps: the most L-BFGS iterations per fit (it stops earlier once converged).
     holdout_fraction: share of a user's events held out to measure accuracy.
     population_events: how many of the user's own events the population head counts as: its
@@ -58,6 +61,7 @@ class RewardConfig:
     pair_weight: float = 1.0
     thumb_weight: float = 1.0
     center: float = 0.01
+    balance_thumbs: bool = False
     steps: int = 100
     holdout_fraction: float = 0.2
     population_events: int = 16
@@ -147,9 +151,16 @@ class Standardizer(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
 
-    def fit(self, x: torch.Tensor) -> Standardizer:
-        self.mean.copy_(x.mean(0))
-        self.scale.copy_(x.std(0).clamp(min=1e-4) if len(x) > 1 else torch.ones_like(self.scale))
+    def fit(self, x: torch.Tensor, unscaled: int = 0) -> Standardizer:
+        """Mean and scale from `x`; the last `unscaled` columns (lexical counts, already on
+        a common scale, mostly zero) are left as they are: standardising a bucket seen once
+        in a thousand replies would blow it up forty-fold."""
+        dense = x.shape[1] - unscaled
+        self.mean.zero_()
+        self.scale.fill_(1.0)
+        self.mean[:dense] = x[:, :dense].mean(0)
+        if len(x) > 1:
+            self.scale[:dense] = x[:, :dense].std(0).clamp(min=1e-4)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,8 +195,14 @@ def feedback_loss(
     if labelled:
         index, label = zip(*labelled, strict=True)
         logits = scores[torch.tensor(index)] - threshold
+        target = torch.tensor(label)
+        weight = None
+        if config.balance_thumbs and 0 < target.sum() < len(target):
+            # each class counts half, however rare likes are
+            share = target.mean()
+            weight = torch.where(target > 0, 0.5 / share, 0.5 / (1 - share))
         terms.append(
-            config.thumb_weight * F.binary_cross_entropy_with_logits(logits, torch.tensor(label))
+            config.thumb_weight * F.binary_cross_entropy_with_logits(logits, target, weight=weight)
         )
     if not terms:
         return scores.sum() * 0.0
@@ -286,7 +303,7 @@ def fit_population(
 ) -> tuple[Standardizer, RewardHead]:
     """The shared head, on everyone's feedback (indices into `x`)."""
     torch.manual_seed(config.seed)
-    standardizer = Standardizer(x.shape[1]).fit(x)
+    standardizer = Standardizer(x.shape[1]).fit(x, config.features.lexical_dim)
     head, _ = fit_head(standardizer(x), feedback, config, config.pop_l2)
     return standardizer, head
 

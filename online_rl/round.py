@@ -379,11 +379,11 @@ class Trainer:
         candidates = self._base_features([(prompt, r) for r in replies])
         clicked = self._features(data.replies) if data.replies else candidates[:0]
         both = torch.cat([clicked, candidates])
-        z = reward.Standardizer(both.shape[1]).fit(both)(both).detach()
+        c = self.config.reward
+        z = reward.Standardizer(both.shape[1]).fit(both, c.features.lexical_dim)(both).detach()
         user, options = z[: len(clicked)], z[len(clicked) :]
         if not len(data.feedback):
             return (*pairs.most_different(options), "most different (no clicks yet)")
-        c = self.config.reward
         head, _ = reward.fit_head(user, data.feedback, c, c.user_l2)
         belief = pairs.posterior(head, user, data.feedback, c, c.user_l2)
         i, j = pairs.most_informative(options, head, belief)

@@ -89,6 +89,37 @@ def test_the_liked_pool_keeps_the_newest(
         assert user_rows(asst, asst.user("alice").id)["liked_samples"] == ROLLOUTS + 1
 
 
+def test_a_new_feature_kind_is_computed_for_existing_replies_and_the_old_kept(
+    tmp_path: Path, tiny_model_dir: Path, everything_liked: None
+) -> None:
+    """Changing what the heads read (`RewardConfig.features`) loses nothing: each clicked reply
+    gets a vector of the new kind on the next round, the old vectors stay, and the liked pool's
+    samples are re-featured."""
+    from online_rl.features import FeatureSpec
+    from online_rl.reward import RewardConfig
+
+    with reopen(tmp_path, tiny_model_dir, training()) as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        asst.train("alice")
+        alice = asst.user("alice").id
+    kinds = FeatureSpec((("mean", 1), ("last", -1)), lexical_dim=16)
+    config = replace(training(), reward=RewardConfig(features=kinds))
+    with reopen(tmp_path, tiny_model_dir, config) as asst:
+        db = asst.store.db
+
+        def vectors(kind: str) -> int:
+            q = "select count(*) from features where user_id = ? and kind = ?"
+            return db.execute(q, [alice, kind]).fetchone()[0]
+
+        before = vectors("L-1:last")
+        assert before > 0 and vectors(kinds.key) == 0
+        asst.train("alice")
+        assert vectors("L-1:last") == before and vectors(kinds.key) >= before
+        pool_kinds = {r[0] for r in db.execute("select kind from liked_samples")}
+        assert pool_kinds == {kinds.key}
+
+
 def base_only_calls(asst: Assistant, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Spy on the trainer's sampling: the sizes of the calls that sample only the base."""
     from online_rl.policy import BASE, TRAINABLE
