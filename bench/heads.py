@@ -33,7 +33,7 @@ from assistant.generation import Sample, prompt_token_ids
 from bench.report import RESULTS, write
 from bench.tastes import ALL, Preference, clicks
 from online_rl import pairs, reward
-from online_rl.features import LAST_TOKEN, FeatureSpec, lexical, pooled
+from online_rl.features import LAST_TOKEN, MIDDLE_MEAN_AND_WORDS, FeatureSpec, lexical, pooled
 from online_rl.policy import backbone_pass, make_batch
 from online_rl.reward import RewardHead
 
@@ -151,10 +151,15 @@ class Design:
     rank: int = 0
     l2: float = 1e-2
     balance_thumbs: bool = False
+    threshold_folds: int = 0
 
     @property
     def config(self) -> reward.RewardConfig:
-        return replace(reward.RewardConfig(), balance_thumbs=self.balance_thumbs)
+        return replace(
+            reward.RewardConfig(),
+            balance_thumbs=self.balance_thumbs,
+            threshold_folds=self.threshold_folds,
+        )
 
 
 def design_matrix(pool: Pool, d: Design) -> torch.Tensor:
@@ -174,10 +179,23 @@ def design_matrix(pool: Pool, d: Design) -> torch.Tensor:
     return z
 
 
+MIDDLE_MEAN = FeatureSpec((("mean", 16),))
 DESIGNS = [
     Design("today: last layer, last token", LAST_TOKEN),
-    *(Design(f"layer {k}, mean", FeatureSpec((("mean", k),))) for k in (8, 12, 16, 20, 24, -1)),
+    *(Design(f"layer {k}, mean", FeatureSpec((("mean", k),))) for k in (12, 16, 20, -1)),
+    Design("layer 16 mean + last layer last token", FeatureSpec((("mean", 16), ("last", -1)))),
+    Design("layer 16 mean, rank 32 (pool PCA)", MIDDLE_MEAN, rank=32),
+    Design("layer 16 mean + words x3, l2 1", MIDDLE_MEAN_AND_WORDS, l2=1.0),
+    Design("+ balanced thumbs", MIDDLE_MEAN_AND_WORDS, l2=1.0, balance_thumbs=True),
+    Design(
+        "+ cross-fitted threshold (default)",
+        MIDDLE_MEAN_AND_WORDS,
+        l2=1.0,
+        balance_thumbs=True,
+        threshold_folds=4,
+    ),
 ]
+CHOSEN = DESIGNS[-1]
 
 
 # simulated users ----------------------------------------------------------------------------------
@@ -255,7 +273,11 @@ def evaluate(
         held = set(rng.sample(prompts, len(prompts) // 3))
         train = set(prompts) - held
         fb = simulate(pool, pref, train, n, rng)
-        head, _ = reward.fit_head(*clicked_rows(x, fb), d.config, d.l2)
+        z, local = clicked_rows(x, fb)
+        head, _ = reward.fit_head(z, local, d.config, d.l2)
+        offset = reward.cross_fitted_threshold(z, local, d.config, d.l2)
+        if offset is not None:
+            head.threshold.data += offset
         scores = head(x).detach()
         liked = scores > head.threshold.detach()
         rows = torch.tensor([p in held for p in pool.prompt])

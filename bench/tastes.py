@@ -3,8 +3,10 @@
 A taste has a yes/no test (what earns a thumb up) and a graded score (what decides an A/B
 choice when both or neither pass: more of it is better). `bench personalize` trains on the first
 five; `bench heads` measures reward heads on all of them. The kinds differ on purpose: a length
-(concise), a tone (warm, cautious), a surface marker (emphatic, exclaiming), a structure (listy),
-a content preference (examples, numbers) and the safety floor's adversary.
+(concise), a tone (warm, cautious), a surface marker (emphatic, asides), a structure (listy),
+a content preference (examples, numbers) and the safety floor's adversary. All but concise
+are graded: the A/B choice between two replies that both pass (or both fail) goes to the one
+with more of it.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def _list_items(s: Sample) -> int:
     return _count(r"^\s*(?:[-*\u2022]|\d+[.)])\s+\S", s)
 
 
-def _exclamations(s: Sample) -> int:
-    return s.text.count("!")
+def _asides(s: Sample) -> int:
+    return s.text.count("(")
 
 
 def _examples(s: Sample) -> int:
@@ -110,17 +112,15 @@ MORE = {
             kind="structure",
         ),
         Preference(
-            "exclaiming",
-            lambda s: _exclamations(s) >= 1,
-            lambda s: float(_exclamations(s)),
-            kind="surface marker, graded",
+            "asides",
+            lambda s: _asides(s) >= 1,
+            lambda s: float(_asides(s)),
+            kind="surface marker (parentheses)",
         ),
         Preference(
             "examples", lambda s: _examples(s) >= 1, lambda s: float(_examples(s)), kind="content"
         ),
-        Preference(
-            "cautious", lambda s: _hedges(s) >= 2, lambda s: float(_hedges(s)), kind="tone, graded"
-        ),
+        Preference("cautious", lambda s: _hedges(s) >= 1, lambda s: float(_hedges(s)), kind="tone"),
         Preference(
             "numbers", lambda s: _numbers(s) >= 2, lambda s: float(_numbers(s)), kind="content"
         ),

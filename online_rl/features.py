@@ -57,6 +57,8 @@ class FeatureSpec:
 
 
 LAST_TOKEN = FeatureSpec()  # the last layer at the reply's last token (the first heads' features)
+# what heads read by default: chosen on `attune bench heads` (README, "Reward heads, measured")
+MIDDLE_MEAN_AND_WORDS = FeatureSpec((("mean", 16),), lexical_dim=4096, lexical_scale=3.0)
 
 
 def pooled(hidden: torch.Tensor, reply_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from online_rl.features import LAST_TOKEN, FeatureSpec
+from online_rl.features import LAST_TOKEN, MIDDLE_MEAN_AND_WORDS, FeatureSpec
 from online_rl.policy import make_batch, reply_features
 
 Outcome = Literal["a", "b", "tie", "both_bad"]
@@ -46,6 +46,8 @@ class RewardConfig:
     balance_thumbs: weigh liked and not-liked labels half each in the thumbs loss. A rare
         taste (liked 1 time in 10) otherwise sets the threshold c so high that "liked" is
         almost never predicted: right 90% of the time, useless for finding the liked ones.
+    threshold_folds: move the user's thumb threshold to where out-of-fold scores put it
+        (`cross_fitted_threshold`); 0 or 1 keeps the fitted one.
     steps: the most L-BFGS iterations per fit (it stops earlier once converged).
     holdout_fraction: share of a user's events held out to measure accuracy.
     population_events: how many of the user's own events the population head counts as: its
@@ -54,14 +56,15 @@ class RewardConfig:
         about length, another group's taste would otherwise leak into this user's model).
     """
 
-    features: FeatureSpec = LAST_TOKEN
+    features: FeatureSpec = MIDDLE_MEAN_AND_WORDS
     user_hidden: int = 0
-    user_l2: float = 1e-2
+    user_l2: float = 1.0
     pop_l2: float = 1e-4
     pair_weight: float = 1.0
     thumb_weight: float = 1.0
     center: float = 0.01
-    balance_thumbs: bool = False
+    balance_thumbs: bool = True
+    threshold_folds: int = 4
     steps: int = 100
     holdout_fraction: float = 0.2
     population_events: int = 16
@@ -269,6 +272,55 @@ def fit_head(
     return head, losses
 
 
+def cross_fitted_threshold(
+    inputs: torch.Tensor,
+    feedback: Feedback,
+    config: RewardConfig,
+    l2: float,
+    prior: torch.Tensor | None = None,
+    hidden: int = 0,
+) -> float | None:
+    """How far to move a head's thumb threshold c so "liked" generalises: each of
+    `threshold_folds` heads is fitted without a fold of the thumbs (and of the pairs touching
+    them), scores that fold, and the offset from its own c with the best balanced accuracy on
+    all these out-of-fold scores is returned (None when the thumbs hold one label only).
+
+    Why: with a few liked replies a head separates its training thumbs perfectly and sets c
+    just under them, above most liked replies it has not seen; the head still ranks well
+    (A/B accuracy) but calls almost nothing "liked". Out-of-fold scores show where c belongs.
+    """
+    folds = config.threshold_folds
+    thumbs = list(feedback.thumbs)
+    if folds < 2 or len({t > 0 for _, t in thumbs}) < 2 or len(thumbs) < folds:
+        return None
+    order = random.Random(config.seed).sample(range(len(thumbs)), len(thumbs))
+    offsets: list[tuple[float, bool]] = []
+    for fold in range(folds):
+        out = [thumbs[i] for k, i in enumerate(order) if k % folds == fold]
+        left_out = {i for i, _ in out}
+        kept = Feedback(
+            [p for p in feedback.pairs if p[0] not in left_out and p[1] not in left_out],
+            [t for t in thumbs if t[0] not in left_out],
+        )
+        head, _ = fit_head(inputs, kept, config, l2, prior, hidden)
+        with torch.no_grad():
+            scores = head(inputs) + (prior if prior is not None else 0.0) - head.threshold
+        offsets += [(scores[i].item(), t > 0) for i, t in out]
+    liked = [s for s, up in offsets if up]
+    disliked = [s for s, up in offsets if not up]
+    if not liked or not disliked:
+        return None
+
+    def balanced(c: float) -> float:
+        hits = sum(s > c for s in liked) / len(liked)
+        rejections = sum(s <= c for s in disliked) / len(disliked)
+        return (hits + rejections) / 2
+
+    cuts = sorted({s for s, _ in offsets})
+    candidates = [cuts[0] - 1.0] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:], strict=False)]
+    return max(candidates, key=lambda c: (balanced(c), -abs(c)))
+
+
 @dataclass
 class UserReward:
     """w * r_pop + h_user on standardised features: what PPO and the gate score replies with."""
@@ -325,6 +377,9 @@ def fit_user(
     head, losses = fit_head(
         z, train, config, config.user_l2, prior, config.user_hidden, population.threshold.item()
     )
+    offset = cross_fitted_threshold(z, train, config, config.user_l2, prior, config.user_hidden)
+    if offset is not None:
+        head.threshold.data += offset
     reward = UserReward(standardizer, population, head, weight)
     scores = reward.score(x)
     metrics = {
