@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from assistant import Assistant
 from assistant.generation import Sample, prompt_token_ids
-from bench.report import RESULTS, write
+from bench.report import RESULTS, bar_plot, write
 from bench.tastes import ALL, Preference, clicks
 from online_rl import pairs, reward
 from online_rl.features import LAST_TOKEN, MIDDLE_MEAN_AND_WORDS, FeatureSpec, lexical, pooled
@@ -461,7 +461,32 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         },
         out.parent,
     )
+    plot(out)
     return 0
+
+
+def plot(result: Path) -> None:
+    """Balanced accuracy after 32 and 64 clicks per taste: today's head against the default."""
+    data = json.loads(result.read_text())
+    first, last = DESIGNS[0].name, CHOSEN.name
+    tastes = list(data["base_rates"])
+    series = {}
+    for name in (first, last):
+        for n in ("32", "64"):
+            cells = [data["raw"].get(f"{name} | {t}", {}).get(n) for t in tastes]
+            if all(cells):
+                label = "today" if name == first else "default"
+                series[f"{label}, {n} clicks"] = [statistics.mean(c["balanced"]) for c in cells]
+    if series:
+        bar_plot(
+            result.with_suffix(".png"),
+            "held-out balanced accuracy of 'liked' (mean over random users)",
+            [f"{t} ({data['base_rates'][t]:.0%})" for t in tastes],
+            series,
+            "balanced accuracy",
+            target=0.8,
+            target_label="target for 5-15% tastes at 64",
+        )
 
 
 def run_pairs(pool: Pool, opts: argparse.Namespace, options: list[str], tastes: list[str]) -> int:

@@ -14,8 +14,9 @@ from ui.errors import readable_errors
 from ui.identity import signed_in
 
 WINNERS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
-HELP = """Ask a question and get **two answers from your assistant's live version**: two
-samples with different random seeds, so they differ only by the luck of sampling. Pick the
+HELP = """Ask a question and get **two answers from your assistant's live version**: it
+writes four with different random seeds and shows the two whose choice teaches it the most
+about your taste (the two most different, before your first click). Pick the
 better one (or Tie, or Both bad): your assistant learns which kind of answer you prefer. A
 choice is stored once; the buttons then lock until your next question. Each comparison starts
 a new conversation in the Chat tab's list, where the winner (answer A on a tie) stays in the
