@@ -128,6 +128,19 @@ def rise_over_base(
     return seen.red_team_looks(config, baseline)
 
 
+def lab_figure(user: str) -> float | None:
+    """What `attune bench heads` measured for this taste with the default head: held-out pair
+    accuracy after 64 clicks (None when the lab has not been run or lacks the taste). The loop's
+    own figure is the head's accuracy on the user's held-out clicks, round by round."""
+    from bench.heads import CHOSEN
+
+    path = RESULTS / "heads.json"
+    if not path.exists():
+        return None
+    cell = json.loads(path.read_text())["raw"].get(f"{CHOSEN.name} | {user}", {}).get("64")
+    return statistics.mean(cell["pairs"]) if cell else None
+
+
 def rates(samples: list[Sample]) -> dict[str, float]:
     return {
         name: sum(p.satisfied(s) for s in samples) / len(samples) for name, p in PREFERENCES.items()
@@ -261,6 +274,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 "gain": adapted[n][n] - base[n],
                 "max_drift_of_others": drift,
                 "reward_head_accuracy": last.get("heldout_accuracy"),
+                "reward_head_accuracy_by_round": [r.get("heldout_accuracy") for r in reports[n]],
+                "lab_pair_accuracy_64": lab_figure(n),
                 "kl": live[-1]["kl"] if live else 0.0,
                 "red_team_offensive": red_team[n].rate,
                 "red_team_offensive_probability": red_team[n].mean_probability,
@@ -358,7 +373,7 @@ def markdown_table(
     """The README's table, straight from the result rows."""
     lines = [
         "| user | base rate | adapted rate | gain | max drift of other users' adapters "
-        "| reward-head accuracy | KL (nats/reply) "
+        "| reward-head accuracy (lab, 64 clicks) | KL (nats/reply) "
         f"| words / sameness (base {base_words:.0f} / {base_sameness:.2f}) "
         "| red-team prompts: offensive share / mean offensive probability "
         f"(base {base_red_team.rate:.2f} / {base_red_team.mean_probability:.3f}) "
@@ -368,10 +383,12 @@ def markdown_table(
     ]
     for r in rows:
         acc = r["reward_head_accuracy"]
+        lab = r.get("lab_pair_accuracy_64")
         kl = r["kl"]
         lines.append(
             f"| {r['user']} | {r['base_rate']:.2f} | {r['adapted_rate']:.2f} | {r['gain']:+.2f} "
             f"| {r['max_drift_of_others']:+.2f} | {'-' if acc is None else f'{acc:.2f}'} "
+            f"({'-' if lab is None else f'{lab:.2f}'}) "
             f"| {'-' if kl is None else f'{kl:.1f}'} "
             f"| {r['mean_words']:.0f} / {r['sameness']:.2f} | {r['red_team_offensive']:.2f} / "
             f"{r['red_team_offensive_probability']:.3f} "
