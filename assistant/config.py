@@ -105,7 +105,9 @@ class ChatConfig:
     system_prompt: None keeps the model's own chat template default.
     compare_candidates: how many answers a Compare samples (one batched call) before it shows
         the two whose A/B choice tells the user's reward head the most (`online_rl.pairs`);
-        2 shows both samples as drawn.
+        2 shows both samples as drawn. 2 by default: `attune bench heads --pairs` found no
+        gain from picking 2 of 4 on any taste (README, "Active pairs"), and k rows cost
+        decoding time.
     """
 
     max_message_chars: int = 8000
@@ -113,7 +115,7 @@ class ChatConfig:
     context_tokens: int = 2048
     system_prompt: str | None = None
     max_reason_chars: int = 500
-    compare_candidates: int = 4
+    compare_candidates: int = 2
 
     def __post_init__(self) -> None:
         if self.compare_candidates < 2:

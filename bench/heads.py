@@ -33,7 +33,14 @@ from assistant.generation import Sample, prompt_token_ids
 from bench.report import RESULTS, bar_plot, write
 from bench.tastes import ALL, Preference, clicks
 from online_rl import pairs, reward
-from online_rl.features import LAST_TOKEN, MIDDLE_MEAN_AND_WORDS, FeatureSpec, lexical, pooled
+from online_rl.features import (
+    LAST_TOKEN,
+    MIDDLE_MEAN_AND_WORDS,
+    FeatureSpec,
+    layer_index,
+    lexical,
+    pooled,
+)
 from online_rl.policy import backbone_pass, make_batch
 from online_rl.reward import RewardHead
 
@@ -42,6 +49,7 @@ POOL_USER = "bench-heads"
 LAYERS = (4, 8, 12, 16, 20, 24, 27, 30)  # hidden-state indices kept (30: the last, normed)
 POOLINGS = ("last", "mean")
 SIZES = (8, 16, 32, 64)
+MODES = ("random", "uncertain", "thompson")  # how a Compare's pair is chosen of 4
 TASTES = tuple(n for n in ALL if n != "adversarial")  # offence is for red-team prompts
 
 
@@ -165,8 +173,10 @@ class Design:
 def design_matrix(pool: Pool, d: Design) -> torch.Tensor:
     """Every pool reply's inputs to the head under design `d`: dense parts standardised over
     the pool (as the product standardises over everyone's replies), lexical counts as they are."""
-    last = max(LAYERS)
-    dense = torch.cat([pool.hidden[(p, last if k == -1 else k)] for p, k in d.spec.parts], dim=1)
+    depth = max(LAYERS)
+    dense = torch.cat(
+        [pool.hidden[(p, layer_index(k, depth) % (depth + 1))] for p, k in d.spec.parts], dim=1
+    )
     z = (dense - dense.mean(0)) / dense.std(0).clamp(min=1e-4)
     if d.rank:
         _, _, v = torch.linalg.svd(z, full_matrices=False)
@@ -303,7 +313,7 @@ def pair_trial(
     held: set[int],
     checkpoints: tuple[int, ...],
     k: int,
-    active: bool,
+    mode: str,
     rng: random.Random,
 ) -> tuple[float, dict[int, RewardHead]]:
     """A user who answers Compares (A/B only), each showing two of k replies to a train
@@ -320,7 +330,7 @@ def pair_trial(
     decided, heads = 0, {}
     for n in range(1, max(checkpoints) + 1):
         candidates = rng.sample(by_prompt[rng.choice(prompts)], k)
-        if not active:
+        if mode == "random":
             a, b = candidates[:2]
         elif not fb.pairs:
             i, j = pairs.most_different(x[candidates])
@@ -328,7 +338,11 @@ def pair_trial(
         else:
             z, local = clicked_rows(x, fb)
             belief = pairs.posterior(head, z, local, d.config, d.l2)
-            i, j = pairs.most_informative(x[candidates], head, belief)
+            if mode == "thompson":
+                gen = torch.Generator().manual_seed(rng.randrange(2**31))
+                i, j = pairs.thompson(x[candidates], head, belief, gen)
+            else:
+                i, j = pairs.most_informative(x[candidates], head, belief)
             a, b = candidates[i], candidates[j]
         winner, _, _ = clicks(pref, pool.samples[a], pool.samples[b], rng)
         decided += winner in ("a", "b")
@@ -353,12 +367,12 @@ def pair_lab(
     _, graded = (torch.tensor(v) for v in labels(pool, pref))
     prompts = sorted(set(pool.prompt))
     out: dict[str, dict[str, list[float]]] = {}
-    for mode in ("random", "active"):
+    for mode in MODES:
         cell: dict[str, list[float]] = {"informative": []}
         for k in range(draws):
             rng = random.Random(seed * 1000 + k)
             held = set(rng.sample(prompts, len(prompts) // 3))
-            share, heads = pair_trial(pool, x, d, pref, held, checkpoints, 4, mode == "active", rng)
+            share, heads = pair_trial(pool, x, d, pref, held, checkpoints, 4, mode, rng)
             groups: dict[int, list[int]] = {}
             for i, p in enumerate(pool.prompt):
                 if p in held:
@@ -498,7 +512,7 @@ def run_pairs(pool: Pool, opts: argparse.Namespace, options: list[str], tastes: 
         started = time.monotonic()
         cell = pair_lab(pool, x, design, t, (16, 32), opts.pair_draws, opts.seed)
         raw[t] = cell
-        for mode in ("random", "active"):
+        for mode in MODES:
             c = cell[mode]
             rows.append(
                 [

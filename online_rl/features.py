@@ -31,12 +31,13 @@ class FeatureSpec:
 
     parts: (pooling, layer) pairs, concatenated: pooling "last" (the reply's last token) or
         "mean" (over the reply's tokens, EOS included); layer an index into the model's hidden
-        states (0 = embeddings, -1 = the last layer).
+        states (0 = embeddings, -1 = the last layer), or a float in (0, 1): that fraction of
+        the model's depth, so one spec fits models of any depth (`layer_index`).
     lexical_dim: hashed token unigram and bigram counts of the reply (log(1 + count)), this
         many buckets (0: none), times `lexical_scale`.
     """
 
-    parts: tuple[tuple[Pooling, int], ...] = (("last", -1),)
+    parts: tuple[tuple[Pooling, int | float], ...] = (("last", -1),)
     lexical_dim: int = 0
     lexical_scale: float = 1.0
 
@@ -45,6 +46,8 @@ class FeatureSpec:
             raise ValueError("a feature spec needs at least one (pooling, layer) part")
         if any(p not in ("last", "mean") for p, _ in self.parts):
             raise ValueError(f"pooling must be 'last' or 'mean', in {self.parts}")
+        if any(isinstance(k, float) and not 0 < k < 1 for _, k in self.parts):
+            raise ValueError(f"a fractional layer must be in (0, 1), in {self.parts}")
         if self.lexical_dim < 0:
             raise ValueError(f"lexical_dim must be >= 0, not {self.lexical_dim}")
 
@@ -57,8 +60,19 @@ class FeatureSpec:
 
 
 LAST_TOKEN = FeatureSpec()  # the last layer at the reply's last token (the first heads' features)
-# what heads read by default: chosen on `attune bench heads` (README, "Reward heads, measured")
-MIDDLE_MEAN_AND_WORDS = FeatureSpec((("mean", 16),), lexical_dim=4096, lexical_scale=3.0)
+# what heads read by default: chosen on `attune bench heads` (README, "Reward heads, measured"):
+# the mean over the reply at 0.53 of the depth (layer 16 of SmolLM2-135M's 30) and word counts
+MIDDLE_MEAN_AND_WORDS = FeatureSpec((("mean", 0.53),), lexical_dim=4096, lexical_scale=3.0)
+
+
+def layer_index(layer: int | float, layers: int) -> int:
+    """The hidden-state index of `layer` in a model with `layers` layers (hidden states hold
+    layers + 1 entries: the embeddings, then each layer's output)."""
+    if isinstance(layer, float):
+        return round(layer * layers)
+    if not -(layers + 1) <= layer <= layers:
+        raise ValueError(f"layer {layer}: the model has {layers} layers")
+    return layer
 
 
 def pooled(hidden: torch.Tensor, reply_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -100,7 +114,11 @@ def pool(
 ) -> torch.Tensor:
     """A reply's features under `spec` from one pass's hidden states (every layer's, as
     transformers returns them with `output_hidden_states=True`)."""
-    parts = [pooled(hidden_states[layer], reply_mask, pooling) for pooling, layer in spec.parts]
+    depth = len(hidden_states) - 1
+    parts = [
+        pooled(hidden_states[layer_index(layer, depth)], reply_mask, pooling)
+        for pooling, layer in spec.parts
+    ]
     if spec.lexical_dim:
         parts.append(spec.lexical_scale * lexical(reply_ids, spec.lexical_dim).to(parts[0]))
     return torch.cat(parts, dim=-1)

@@ -31,6 +31,13 @@ class Posterior:
     scaled_rows: torch.Tensor  # S: (m, d), each data row times sqrt(its curvature)
     l2_term: float  # 2 * l2
 
+    def covariance(self, v: torch.Tensor) -> torch.Tensor:
+        """v A^-1 v^T for the rows of v (p, d): the (p, p) covariance of their scores."""
+        s, lam = self.scaled_rows, self.l2_term
+        sv = s @ v.T  # (m, p)
+        inner = torch.linalg.solve(lam * torch.eye(len(s)) + s @ s.T, sv)
+        return (v @ v.T - sv.T @ inner) / lam
+
     def variance(self, v: torch.Tensor) -> torch.Tensor:
         """v^T A^-1 v for each row of v (p, d), by Woodbury: m x m, never d x d."""
         s, lam = self.scaled_rows, self.l2_term
@@ -80,3 +87,23 @@ def most_informative(inputs: torch.Tensor, head: RewardHead, belief: Posterior) 
         p = torch.sigmoid(torch.stack([scores[i] - scores[j] for i, j in pairs]))
         value = p * (1 - p) * belief.variance(diffs)
     return pairs[int(value.argmax())]
+
+
+def thompson(
+    inputs: torch.Tensor, head: RewardHead, belief: Posterior, generator: torch.Generator
+) -> tuple[int, int]:
+    """The best and the worst candidate under one draw of the head's weights from the
+    posterior (Thompson sampling, as SEA does): where the head has learned something the best
+    one likely has what the user likes, so the choice names a winner; where it has not, the
+    draw explores. Only the candidates' scores are drawn (k numbers, jointly Gaussian), never
+    the weights themselves."""
+    with torch.no_grad():
+        mean = head(inputs)
+        cov = belief.covariance(inputs)
+        cov = (cov + cov.T) / 2 + 1e-6 * torch.eye(len(inputs))
+        noise = torch.linalg.cholesky(cov) @ torch.randn(len(inputs), generator=generator)
+        drawn = mean + noise
+    best, worst = int(drawn.argmax()), int(drawn.argmin())
+    if best == worst:  # all equal: any two
+        return 0, 1
+    return best, worst

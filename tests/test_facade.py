@@ -187,29 +187,41 @@ def test_compare_and_choose_once(asst: Assistant, alice: str, bob: str) -> None:
 
 
 def test_compare_shows_two_of_k_candidates_and_stores_how_to_replay_them(
-    asst: Assistant, alice: str
+    tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """k answers sampled at seeds s..s+k-1; the two shown are named with every seed and why,
-    and each is exactly what its stored seed samples again."""
-    assert asst.config.chat.compare_candidates == 4
-    first = asst.compare(alice, "Pick one", max_new_tokens=8, seed=21, temperature=1.0)
-    for reply in (first.a, first.b):
-        settings = json.loads(asst.store.db["messages"].get(reply.id)["generation"])
-        drawn = settings["compare"]
-        assert drawn["seeds"] == [21, 22, 23, 24]
-        assert settings["seed"] in drawn["seeds"]
-        assert drawn["why"].startswith("most different")  # no clicks yet
-        again = asst.sample_replies(
-            alice, ["Pick one"], max_new_tokens=8, seed=settings["seed"], temperature=1.0
-        )
-        assert again[0].text == reply.text
-    shown = drawn["shown"]
-    assert len(set(shown)) == 2 and all(0 <= i < 4 for i in shown)
-    asst.rate(alice, first.a.id, 1)
-    asst.choose(alice, first.id, "a")
-    later = asst.compare(alice, "Pick one", max_new_tokens=8, seed=40, temperature=1.0)
-    settings = json.loads(asst.store.db["messages"].get(later.a.id)["generation"])
-    assert settings["compare"]["why"].startswith("most informative")  # the head picks now
+    """With k candidates: k answers sampled at seeds s..s+k-1; the two shown are named with
+    every seed and why, and each is exactly what its stored seed samples again."""
+    from assistant.config import ChatConfig
+
+    chat = ChatConfig(compare_candidates=4)
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), chat=chat) as asst:
+        alice = asst.add_user("alice").name
+        first = asst.compare(alice, "Pick one", max_new_tokens=8, seed=21, temperature=1.0)
+        for reply in (first.a, first.b):
+            settings = json.loads(asst.store.db["messages"].get(reply.id)["generation"])
+            drawn = settings["compare"]
+            assert drawn["seeds"] == [21, 22, 23, 24]
+            assert settings["seed"] in drawn["seeds"]
+            assert drawn["why"].startswith("most different")  # no clicks yet
+            again = asst.sample_replies(
+                alice, ["Pick one"], max_new_tokens=8, seed=settings["seed"], temperature=1.0
+            )
+            assert again[0].text == reply.text
+        shown = drawn["shown"]
+        assert len(set(shown)) == 2 and all(0 <= i < 4 for i in shown)
+        asst.rate(alice, first.a.id, 1)
+        asst.choose(alice, first.id, "a")
+        later = asst.compare(alice, "Pick one", max_new_tokens=8, seed=40, temperature=1.0)
+        settings = json.loads(asst.store.db["messages"].get(later.a.id)["generation"])
+        assert settings["compare"]["why"].startswith("most informative")  # the head picks now
+
+
+def test_the_default_compare_shows_both_samples_as_drawn(asst: Assistant, alice: str) -> None:
+    pair = asst.compare(alice, "Pick one", max_new_tokens=8, seed=5, temperature=1.0)
+    rows = [asst.store.db["messages"].get(r.id) for r in (pair.a, pair.b)]
+    drawn = [json.loads(r["generation"]) for r in rows]
+    assert [g["seed"] for g in drawn] == [5, 6]
+    assert drawn[0]["compare"] == {"seeds": [5, 6], "shown": [0, 1], "why": "as drawn"}
 
 
 def test_a_decided_pair_continues_the_conversation_with_the_winner(
