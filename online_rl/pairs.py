@@ -99,9 +99,10 @@ def thompson(
     the weights themselves."""
     with torch.no_grad():
         mean = head(inputs)
-        cov = belief.covariance(inputs)
-        cov = (cov + cov.T) / 2 + 1e-6 * torch.eye(len(inputs))
-        noise = torch.linalg.cholesky(cov) @ torch.randn(len(inputs), generator=generator)
+        # eigh, not cholesky: two identical candidates make the covariance singular
+        values, vectors = torch.linalg.eigh(belief.covariance(inputs).double())
+        root = vectors * values.clamp(min=0).sqrt()
+        noise = (root @ torch.randn(len(inputs), generator=generator).double()).float()
         drawn = mean + noise
     best, worst = int(drawn.argmax()), int(drawn.argmin())
     if best == worst:  # all equal: any two

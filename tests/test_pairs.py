@@ -51,3 +51,21 @@ def test_informative_pair_asks_about_what_the_clicks_left_open() -> None:
     )
     i, j = most_informative(candidates, head, belief)
     assert {i, j} in ({0, 2}, {1, 2})
+
+
+def test_thompson_shows_best_and_worst_when_sure_and_survives_twins() -> None:
+    """A head sure of its taste (many clicks along dimension 0) shows the candidate it ranks
+    first against the one it ranks last; identical candidates (a singular covariance) are fine."""
+    from online_rl.pairs import thompson
+
+    n = 60
+    x = torch.zeros(n, 2)
+    x[:, 0] = torch.linspace(-2, 2, n)
+    feedback = Feedback(thumbs=[(i, 1 if x[i, 0] > 0 else -1) for i in range(n)])
+    config = RewardConfig()
+    head, _ = fit_head(x, feedback, config, l2=1e-3)
+    belief = posterior(head, x, feedback, config, l2=1e-3)
+    candidates = torch.tensor([[0.5, 0.0], [3.0, 0.0], [-3.0, 0.0], [3.0, 0.0]])
+    draws = [torch.Generator().manual_seed(s) for s in range(20)]
+    picks = [thompson(candidates, head, belief, g) for g in draws]
+    assert all({i, j} in ({1, 2}, {3, 2}) for i, j in picks)
