@@ -95,10 +95,11 @@ def test_a_new_feature_kind_is_computed_for_existing_replies_and_the_old_kept(
     """Changing what the heads read (`RewardConfig.features`) loses nothing: each clicked reply
     gets a vector of the new kind on the next round, the old vectors stay, and the liked pool's
     samples are re-featured."""
-    from online_rl.features import FeatureSpec
+    from online_rl.features import LAST_TOKEN, FeatureSpec
     from online_rl.reward import RewardConfig
 
-    with reopen(tmp_path, tiny_model_dir, training()) as asst:
+    first = replace(training(), reward=RewardConfig(features=LAST_TOKEN))
+    with reopen(tmp_path, tiny_model_dir, first) as asst:
         asst.add_user("alice")
         give_feedback(asst, "alice")
         asst.train("alice")
