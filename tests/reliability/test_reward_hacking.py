@@ -177,8 +177,16 @@ class Trained:
 def train_with_broken_head(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, gate: GateConfig
 ) -> Trained:
-    """Seeded clicks for alice, then ROUNDS rounds with the broken head and `gate`."""
-    training = TrainingConfig(round=AGGRESSIVE, gate=gate, ppo=PPO)
+    """Seeded clicks for alice, then ROUNDS rounds with the broken head and `gate`. The broken
+    head reads only the column it writes, so which features the heads would read does not
+    matter; the first kind (last token) keeps the feature width, and with it the seeded run,
+    what these tests were calibrated on."""
+    from online_rl.features import LAST_TOKEN
+    from online_rl.reward import RewardConfig
+
+    training = TrainingConfig(
+        round=AGGRESSIVE, gate=gate, ppo=PPO, reward=RewardConfig(features=LAST_TOKEN)
+    )
 
     def replies(asst: Assistant) -> list[list[int]]:
         samples = asst.sample_replies("alice", PROMPTS, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
