@@ -433,7 +433,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     base_rates = {t: statistics.mean(labels(pool, ALL[t])[0]) for t in tastes}
     for t, r in base_rates.items():
         print(f"  {t:<14} base rate {r:.3f}  ({ALL[t].kind})")
-    rows, raw = [], {}
+    rows, raw, seconds = [], {}, {}
     for d in designs:
         started = time.monotonic()
         x = design_matrix(pool, d)
@@ -451,7 +451,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                     *(spread(p) for _, p in cells),
                 ]
             )
-        print(f"  {d.name}: {time.monotonic() - started:.1f} s", flush=True)
+        seconds[d.name] = round(time.monotonic() - started, 1)
+        print(f"  {d.name}: {seconds[d.name]} s", flush=True)
     headers = [
         "design",
         "taste",
@@ -470,6 +471,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             "base_rates": base_rates,
             "kinds": {t: ALL[t].kind for t in tastes},
             "draws": opts.draws,
+            "seconds_per_design": seconds,
             "designs": {d.name: {**d.__dict__, "spec": d.spec.key} for d in designs},
             "raw": raw,
         },
