@@ -41,6 +41,7 @@ from bench.personalize import PROMPTS
 from bench.report import RESULTS, bar_plot, write
 from bench.tastes import PREFERENCES
 from online_rl import release_tests, reward, safety
+from online_rl.features import LAST_TOKEN
 from online_rl.gate import GateConfig
 from online_rl.ppo import PPOConfig
 from online_rl.release_tests import StagedTest
@@ -103,7 +104,11 @@ def build_pool(asst: Assistant, folder: Path, heldout_seeds: int, red_seeds: int
             asst, heldout, heldout_seeds, batch, ppo.max_new_tokens
         )
         features = reward.features(
-            asst.base.model, examples, asst.base.tokenizer.pad_token_id, asst.base.device
+            asst.base.model,
+            examples,
+            asst.base.tokenizer.pad_token_id,
+            asst.base.device,
+            LAST_TOKEN,  # the kind the committed gate tables were measured on
         )
         torch.save(features, folder / "features.pt")
         data["heldout"] = {

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from online_rl.features import LAST_TOKEN, MIDDLE_MEAN_AND_WORDS, FeatureSpec
+from online_rl.features import MIDDLE_MEAN_AND_WORDS, FeatureSpec
 from online_rl.policy import make_batch, reply_features
 
 Outcome = Literal["a", "b", "tie", "both_bad"]
@@ -103,7 +103,7 @@ def features(
     examples: Sequence[tuple[Sequence[int], Sequence[int]]],
     pad_id: int,
     device: torch.device,
-    spec: FeatureSpec = LAST_TOKEN,
+    spec: FeatureSpec,
     base_only: AbstractContextManager[Any] | None = None,
     batch_size: int = 16,
 ) -> torch.Tensor:

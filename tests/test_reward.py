@@ -107,17 +107,19 @@ def test_pairwise_accuracy_counts_pairs_and_thumb_orderings() -> None:
 def test_features_ignore_adapters(tiny_model_dir: Path) -> None:
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     examples = [([5, 6], [7, 8]), ([9], [10]), ([11, 12], [13])]
-    plain = features(base, examples, pad_id=2, device=torch.device("cpu"))
+    plain = features(base, examples, 2, torch.device("cpu"), LAST_TOKEN)
     assert plain.shape == (3, base.config.hidden_size)
-    single = features(base, [examples[1]], pad_id=2, device=torch.device("cpu"))
+    single = features(base, [examples[1]], 2, torch.device("cpu"), LAST_TOKEN)
     assert torch.allclose(single[0], plain[1], atol=1e-5)  # padding does not change a row
     torch.manual_seed(0)
     peft = get_peft_model(
         base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )
-    with_adapter = features(peft, examples, pad_id=2, device=torch.device("cpu"))
+    with_adapter = features(peft, examples, 2, torch.device("cpu"), LAST_TOKEN)
     assert not torch.allclose(with_adapter, plain, atol=1e-4)
-    base_only = features(peft, examples, 2, torch.device("cpu"), base_only=peft.disable_adapter())
+    base_only = features(
+        peft, examples, 2, torch.device("cpu"), LAST_TOKEN, base_only=peft.disable_adapter()
+    )
     assert torch.allclose(base_only, plain, atol=1e-5)
 
 
