@@ -284,10 +284,7 @@ def evaluate(
         train = set(prompts) - held
         fb = simulate(pool, pref, train, n, rng)
         z, local = clicked_rows(x, fb)
-        head, _ = reward.fit_head(z, local, d.config, d.l2)
-        offset = reward.cross_fitted_threshold(z, local, d.config, d.l2)
-        if offset is not None:
-            head.threshold.data += offset
+        head, _ = reward.fit_liking(z, local, d.config, d.l2)
         scores = head(x).detach()
         liked = scores > head.threshold.detach()
         rows = torch.tensor([p in held for p in pool.prompt])

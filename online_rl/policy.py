@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from online_rl.features import LAST_TOKEN, FeatureSpec, pool
+from online_rl.features import FeatureSpec, pool
 
 TRAINABLE = "default"  # peft saves the adapter of this name at the top of the folder
 LIVE = "live"
@@ -97,17 +97,17 @@ def make_batch(
 class Outputs:
     logprobs: torch.Tensor  # (B, R): log p(response token | prefix) at the given temperature
     values: torch.Tensor | None  # (B, R): value-head estimate before each response token
-    features: torch.Tensor  # (B, F): the reply's reward features (`online_rl.features`)
+    features: torch.Tensor | None  # (B, F): reward features (`online_rl.features`), if asked
 
 
-def backbone_pass(model: Any, batch: Batch) -> Any:
-    """The transformer body over the batch, every layer's hidden states kept."""
+def backbone_pass(model: Any, batch: Batch, every_layer: bool = True) -> Any:
+    """The transformer body over the batch; every layer's hidden states kept if asked."""
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     return model.get_decoder()(
         input_ids=batch.ids,
         attention_mask=batch.attention_mask,
         position_ids=positions,
-        output_hidden_states=True,
+        output_hidden_states=every_layer,
     )
 
 
@@ -123,21 +123,24 @@ def forward_batch(
     batch: Batch,
     temperature: float,
     value_head: nn.Module | None = None,
-    feature_spec: FeatureSpec = LAST_TOKEN,
+    feature_spec: FeatureSpec | None = None,
 ) -> Outputs:
     """One pass over prompt + response; only response columns go through the vocabulary.
-    The reply's reward features come from the same pass (`features.pool` under
-    `feature_spec`), so what scores a rollout is what a stored reply was fitted on."""
-    out = backbone_pass(model, batch)
+    With a `feature_spec`, the reply's reward features come from the same pass (`features.pool`),
+    so what scores a rollout is what a stored reply was fitted on; without one (the PPO and
+    warm-start steps) no layer's states are kept and nothing is pooled."""
+    out = backbone_pass(model, batch, every_layer=feature_spec is not None)
     hidden = out.last_hidden_state
     width_r = batch.response_mask.shape[1]
     before = hidden[:, batch.prompt_width - 1 : batch.prompt_width - 1 + width_r]
     logits = model.get_output_embeddings()(before).float() / temperature
     targets = batch.ids[:, batch.prompt_width :]
     logprobs = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-    with torch.no_grad():
-        replies = batch.replies() if feature_spec.lexical_dim else []
-        features = pool(out.hidden_states, batch.reply_mask, replies, feature_spec)
+    features = None
+    if feature_spec is not None:
+        with torch.no_grad():
+            replies = batch.replies() if feature_spec.lexical_dim else []
+            features = pool(out.hidden_states, batch.reply_mask, replies, feature_spec)
     values = value_head(before.float()).squeeze(-1) if value_head is not None else None
     return Outputs(logprobs, values, features)
 

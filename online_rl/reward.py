@@ -321,6 +321,24 @@ def cross_fitted_threshold(
     return max(candidates, key=lambda c: (balanced(c), -abs(c)))
 
 
+def fit_liking(
+    inputs: torch.Tensor,
+    feedback: Feedback,
+    config: RewardConfig,
+    l2: float,
+    prior: torch.Tensor | None = None,
+    hidden: int = 0,
+    threshold: float = 0.0,
+) -> tuple[RewardHead, list[float]]:
+    """`fit_head`, then its thumb threshold moved where out-of-fold scores put it
+    (`cross_fitted_threshold`, when `config.threshold_folds` asks for it): a user's head."""
+    head, losses = fit_head(inputs, feedback, config, l2, prior, hidden, threshold)
+    offset = cross_fitted_threshold(inputs, feedback, config, l2, prior, hidden)
+    if offset is not None:
+        head.threshold.data += offset
+    return head, losses
+
+
 @dataclass
 class UserReward:
     """w * r_pop + h_user on standardised features: what PPO and the gate score replies with."""
@@ -374,12 +392,9 @@ def fit_user(
     weight = config.population_events / (config.population_events + len(feedback))
     with torch.no_grad():
         prior = weight * population(z)
-    head, losses = fit_head(
+    head, losses = fit_liking(
         z, train, config, config.user_l2, prior, config.user_hidden, population.threshold.item()
     )
-    offset = cross_fitted_threshold(z, train, config, config.user_l2, prior, config.user_hidden)
-    if offset is not None:
-        head.threshold.data += offset
     reward = UserReward(standardizer, population, head, weight)
     scores = reward.score(x)
     metrics = {

@@ -762,6 +762,7 @@ class Trainer:
                 self.config.ppo.temperature,
                 feature_spec=self.config.reward.features,
             )
+        assert out.features is not None
         return batch, out
 
     def _resume_point(self, user_id: str, live_version: int) -> tuple[int, Path] | None:
