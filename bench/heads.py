@@ -177,11 +177,11 @@ def design_matrix(pool: Pool, d: Design) -> torch.Tensor:
     dense = torch.cat(
         [pool.hidden[(p, layer_index(k, depth) % (depth + 1))] for p, k in d.spec.parts], dim=1
     )
-    z = (dense - dense.mean(0)) / dense.std(0).clamp(min=1e-4)
+    z = reward.Standardizer(dense.shape[1]).fit(dense)(dense)
     if d.rank:
         _, _, v = torch.linalg.svd(z, full_matrices=False)
         z = z @ v[: d.rank].T
-        z = z / z.std(0).clamp(min=1e-4)
+        z = reward.Standardizer(d.rank).fit(z)(z)
     if d.spec.lexical_dim:
         z = torch.cat(
             [z, d.spec.lexical_scale * lexical(pool.reply_ids, d.spec.lexical_dim)], dim=1
