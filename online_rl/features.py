@@ -97,8 +97,8 @@ def lexical(reply_ids: Sequence[Sequence[int]], dim: int) -> torch.Tensor:
 
 
 def hash_gram(gram: tuple[int, ...]) -> int:
-    """A hash of a token n-gram that is the same in every process (Python's `hash` of a
-    tuple of ints is too, but say so explicitly: stored features depend on it)."""
+    """FNV-1a of a token n-gram: the same in every process and Python version, which stored
+    feature vectors depend on (nothing here relies on `hash`'s unspecified details)."""
     h = 1469598103934665603  # FNV-1a, 64 bit
     for t in gram:
         for byte in int(t).to_bytes(4, "little"):
