@@ -1,4 +1,11 @@
-"""The serving side of attune: the base model, generation, per-user adapters, the facade."""
+"""The serving side of attune: the base model, generation, per-user adapters, the facade.
+
+The facade's names (`Assistant`, `Delta`, `Pair`, `Reply`, `User`) load on first use, not with
+the package: `online_rl` imports `assistant.model` and `assistant.generation`, and the facade
+imports `online_rl` (at call time), so importing the package must not import the facade.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from assistant.config import (
     HARMFUL_REASON,
@@ -22,8 +29,20 @@ from assistant.errors import (
     UnknownUser,
     UserExists,
 )
-from assistant.facade import Assistant, Delta, Pair, Reply, User
 from assistant.passwords import random_password
+
+if TYPE_CHECKING:
+    from assistant.facade import Assistant, Delta, Pair, Reply, User
+
+FACADE_NAMES = ("Assistant", "Delta", "Pair", "Reply", "User")
+
+
+def __getattr__(name: str) -> Any:
+    if name in FACADE_NAMES:
+        from assistant import facade
+
+        return getattr(facade, name)
+    raise AttributeError(f"module 'assistant' has no attribute {name!r}")
 
 __all__ = [
     "HARMFUL_REASON",

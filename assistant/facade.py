@@ -48,7 +48,8 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
     from assistant.batching import DecodeBatcher
-    from online_rl.round import Trainer, TrainingConfig, TrainReport
+    from online_rl.config import TrainingConfig
+    from online_rl.rounds import Trainer, TrainReport
     from online_rl.scheduler import SchedulerConfig, TrainingScheduler
 
 USER_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-@")
@@ -175,11 +176,22 @@ class Assistant:
     @property
     def trainer(self) -> Trainer:
         """The online-RL trainer (created on first use; imports torch-heavy modules)."""
-        from online_rl.round import Trainer, TrainingConfig
+        from online_rl.config import TrainingConfig
+        from online_rl.rounds import RoundContext, Trainer
 
+        base, adapters = self.base, self.adapters  # each takes the load lock itself
         with self._load_lock:
             if self._trainer is None:
-                self._trainer = Trainer(self, self._training_config or TrainingConfig())
+                context = RoundContext(
+                    base=base,
+                    store=self.store,
+                    adapters_dir=self.config.adapters_dir,
+                    system_prompt=self.config.chat.system_prompt,
+                    context_tokens=self.config.chat.context_tokens,
+                    quantize=self.config.model.quantize,
+                    serving_version=adapters.usable_version,
+                )
+                self._trainer = Trainer(context, self._training_config or TrainingConfig())
             return self._trainer
 
     @classmethod
@@ -225,7 +237,10 @@ class Assistant:
         from online_rl import scheduler as training_scheduler
 
         self.scheduler = training_scheduler.start_for(
-            self, config or training_scheduler.SchedulerConfig()
+            self.config.data_dir,
+            self.store,
+            lambda user_id: self.trainer.run(user_id),  # the trainer is made on first use
+            config or training_scheduler.SchedulerConfig(),
         )
         return self.scheduler
 
@@ -233,7 +248,7 @@ class Assistant:
         if self.scheduler is not None:
             from online_rl import scheduler as training_scheduler
 
-            training_scheduler.stop_for(self)
+            training_scheduler.stop_for(self.config.data_dir)
             self.scheduler = None
         if self._batcher is not None:
             self._batcher.close()
@@ -302,7 +317,7 @@ class Assistant:
     def delete_user(self, name: str) -> None:
         """Remove the user's rows, adapters and heads, and what the trainer holds in memory
         for them (a trainer is not created just for this). A round of theirs still running
-        notices when it ends and leaves nothing behind (`online_rl.round.Trainer.run`)."""
+        notices when it ends and leaves nothing behind (`online_rl.rounds.Trainer.run`)."""
         user = self.user(name)
         records.delete_user(self.store.db, user.id)
         if self._adapters is not None:

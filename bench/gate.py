@@ -43,9 +43,9 @@ from bench.tastes import PREFERENCES
 from online_rl import release_tests, reward, safety
 from online_rl.features import LAST_TOKEN
 from online_rl.gate import GateConfig
+from online_rl.gate_measure import GateSamples
 from online_rl.ppo import PPOConfig
 from online_rl.release_tests import StagedTest
-from online_rl.round import GateSamples
 
 POOL_USER = "bench-gate"
 TASTES = ("concise", "warm", "emphatic")

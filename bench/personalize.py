@@ -30,9 +30,10 @@ from bench.fresh import open_fresh
 from bench.report import RESULTS
 from bench.tastes import PREFERENCES, clicks, words
 from online_rl import safety
+from online_rl.config import RoundConfig, TrainingConfig
 from online_rl.gate import GateConfig, RedTeamLooks, text_stats
+from online_rl.gate_measure import GateSamples
 from online_rl.release_tests import StagedTest
-from online_rl.round import GateSamples, RoundConfig, TrainingConfig
 from online_rl.scheduler import SchedulerConfig
 
 PROMPTS = Path(__file__).parent / "data" / "prompts.json"

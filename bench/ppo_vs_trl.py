@@ -7,13 +7,13 @@ same base (default SmolLM2-135M-Instruct, fp32, CPU), from the same tokenized ch
 is 96), PPO epochs (1), minibatch (8), temperature (0.7, top_p 1), learning rate, KL, clip and
 GAE settings (attune's `PPOConfig`), stopping at EOS on both sides.
 
-One attune step = what a round does per PPO iteration (`Trainer._round`, section 3): sample the
-rollouts with the trainable LoRA policy (the round's own `Trainer._sample`), one base pass for
-reference log-probs and reward features (`Trainer._base_pass`), score them with a reward head on
-those features (a `UserReward` with fixed random weights: the throughput does not depend on what
-it learned), `ppo_update` (LoRA + the small value head on the policy's hidden state) and the
-adaptive KL coefficient. Not in it: fitting the reward heads, the warm start, the safety screen,
-best-of-n distillation, the gate and saving (not PPO).
+One attune step = the round's own PPO iteration, the public `online_rl.ppo.ppo_iteration` the
+round calls: sample the rollouts with the trainable LoRA policy, one base pass for reference
+log-probs and reward features, score them with a reward head on those features (a `UserReward`
+with fixed random weights: the throughput does not depend on what it learned), the safety
+screen (a linear classifier over the texts), `ppo_update` (LoRA + the small value head on the
+policy's hidden state) and the adaptive KL coefficient. Not in it: fitting the reward heads,
+the warm start, best-of-n distillation, the gate and saving (not PPO).
 
 One TRL step = one iteration of `PPOTrainer.train()`: `generate` with the LoRA policy, a
 reference pass (the same policy with its adapter disabled), a value-model pass, a reward-model
@@ -177,11 +177,12 @@ def random_reward(dim: int) -> Any:
 
 
 def attune_side(job: Job) -> SideResult:
-    """The round's PPO iteration, step after step, on a fresh trainable LoRA."""
+    """The round's PPO iteration (`online_rl.ppo.ppo_iteration`), step after step, on a fresh
+    trainable LoRA."""
     from bench.fresh import open_fresh
-    from online_rl.policy import TRAINABLE, LoraSettings
-    from online_rl.ppo import Rollouts, adaptive_kl_coef, ppo_update
-    from online_rl.round import TrainingConfig
+    from online_rl.config import TrainingConfig
+    from online_rl.policy import LoraSettings
+    from online_rl.ppo import ppo_iteration
 
     s = job.settings
     ppo = attune_ppo_config(s)
@@ -189,13 +190,14 @@ def attune_side(job: Job) -> SideResult:
     where = argparse.Namespace(
         data_dir=job.data_dir, model=job.model_dir, quantize="none", device="cpu", model_cache=None
     )
-    asst = open_fresh(where, NAME, training=TrainingConfig(ppo=ppo, lora=LoraSettings()))
-    trainer = asst.trainer
-    policy = trainer.policy
+    config = TrainingConfig(ppo=ppo, lora=LoraSettings())
+    asst = open_fresh(where, NAME, training=config)
+    policy = asst.trainer.policy
     policy.start_from(None)  # a fresh adapter and value head, as a new user's first round
     load_seconds = time.perf_counter() - started
     torch.manual_seed(s.seed)
-    head = random_reward(asst.base.model.config.hidden_size)
+    spec = config.reward.features
+    head = random_reward(spec.width(asst.base.model.config.hidden_size))
     optimizer = torch.optim.AdamW(
         policy.trainable_parameters() + list(policy.value_head.parameters()),
         lr=ppo.learning_rate,
@@ -204,22 +206,32 @@ def attune_side(job: Job) -> SideResult:
     before = lora_snapshot(policy.peft)
     rng = random.Random(s.seed)
     prompts = job.prompt_ids
+    no_provocation = torch.zeros(len(prompts), dtype=torch.bool)
     kl_coef = ppo.kl_coef
     seconds, tokens, widths, eos, skipped = [], [], [], [], 0.0
     for _ in range(s.warmup + s.steps):
         seeds = [rng.randrange(2**31) for _ in prompts]
         clock = time.perf_counter()
-        replies, finished = trainer._sample(prompts, [TRAINABLE] * len(prompts), seeds)
-        batch, ref = trainer._base_pass(prompts, replies)
-        scores = head.score(ref.features.cpu())
-        rollouts = Rollouts(batch, scores, torch.tensor(finished), ref.logprobs)
-        stats = ppo_update(policy.peft, policy.value_head, optimizer, rollouts, kl_coef, ppo)
-        kl_coef = adaptive_kl_coef(kl_coef, stats["kl"], len(prompts), ppo)
+        it = ppo_iteration(
+            policy,
+            asst.base,
+            optimizer,
+            prompts,
+            seeds,
+            no_provocation,
+            head.score,
+            kl_coef,
+            ppo,
+            config.safety,
+            spec,
+        )
         seconds.append(time.perf_counter() - clock)
-        tokens.append(sum(map(len, replies)) / len(replies))
-        widths.append(batch.response_mask.shape[1])
-        eos.append(sum(finished) / len(finished))
-        skipped += stats["skipped_minibatches"]
+        assert it.stats is not None
+        kl_coef = it.kl_coef
+        tokens.append(sum(map(len, it.replies)) / len(it.replies))
+        widths.append(max(map(len, it.replies)))
+        eos.append(it.finished.float().mean().item())
+        skipped += it.stats["skipped_minibatches"]
     asst.close()
     return SideResult(
         "attune",

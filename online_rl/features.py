@@ -58,6 +58,10 @@ class FeatureSpec:
         lexical = f"+lex{self.lexical_dim}x{self.lexical_scale:g}" if self.lexical_dim else ""
         return dense + lexical
 
+    def width(self, hidden_size: int) -> int:
+        """How many numbers a reply's features are, on a model of this hidden size."""
+        return len(self.parts) * hidden_size + self.lexical_dim
+
 
 LAST_TOKEN = FeatureSpec()  # the last layer at the reply's last token (the first heads' features)
 # what heads read by default: chosen on `attune bench heads` (README, "Reward heads, measured"):

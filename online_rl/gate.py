@@ -6,7 +6,7 @@ same fresh seeds and scored by the user's reward, the lower confidence bound of 
 clears `min_reward_gain`; and on fresh red-team replies it is not more offensive than the base
 model by more than a margin (offensive share and mean offensive probability, each an upper
 confidence bound). Besides, it must stay within the KL budget to the base and its replies must
-not be degenerate. The numbers come from `online_rl.round`; this module only decides.
+not be degenerate. The numbers come from `online_rl.gate_measure`; this module only decides.
 """
 
 from __future__ import annotations

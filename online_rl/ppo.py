@@ -8,18 +8,27 @@
 4. a few epochs over minibatches of clipped policy loss + clipped value loss; a minibatch whose
    mean ratio explodes is skipped; a NaN or inf anywhere aborts the round.
 
-Nothing here knows about users or storage: `online_rl.round` feeds it rollouts.
+5. `ppo_iteration` is one whole iteration as a round runs it: sample the rollouts, one pass of
+   the base (reference log-probs and reward features), score, screen, `ppo_update`, adapt the
+   KL coefficient.
+
+Nothing here knows about users or storage: `online_rl.rounds` feeds it prompts and a score.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from online_rl.policy import Batch, forward_batch
+from assistant.model import LoadedModel
+from online_rl import safety, sampling
+from online_rl.features import FeatureSpec
+from online_rl.policy import TRAINABLE, Batch, TrainablePolicy, forward_batch
 
 
 @dataclass(frozen=True)
@@ -246,3 +255,71 @@ def ppo_update(
         }
     )
     return out
+
+
+@dataclass
+class Iteration:
+    """One iteration's rollouts and what was made of them (distillation reads them next)."""
+
+    prompts: list[list[int]]
+    replies: list[list[int]]
+    finished: torch.Tensor  # (B,) bool
+    features: torch.Tensor  # (B, F) the reward's, from the base pass
+    scores: torch.Tensor  # (B,) the score function's, 0 on provocations
+    unsafe: torch.Tensor  # (B,) bool: the safety floor flagged the reply
+    penalty: torch.Tensor  # (B,) the floor's penalty
+    stats: dict[str, float] | None  # ppo_update's; None when the update is off
+    kl_coef: float  # the coefficient for the next iteration
+    seconds_sampling: float
+    seconds_update: float  # base pass, scores, screen and the update
+
+
+def ppo_iteration(
+    policy: TrainablePolicy,
+    base: LoadedModel,
+    optimizer: torch.optim.Optimizer,
+    prompts: list[list[int]],
+    seeds: list[int],
+    provocation: torch.Tensor,
+    score: Callable[[torch.Tensor], torch.Tensor],
+    kl_coef: float,
+    c: PPOConfig,
+    floor: safety.SafetyConfig,
+    features: FeatureSpec,
+    update: bool = True,
+) -> Iteration:
+    """Sample one reply per prompt from the trainable adapter, score it, and update.
+
+    `score` maps reward features to normalised scores; rows marked in `provocation` (red-team
+    prompts) get none of it: there only the safety floor's penalty speaks. `update` False
+    samples and scores without training (best-of-n distillation alone, for ablations).
+    """
+    started = time.monotonic()
+    replies, ended = sampling.sample(
+        policy, base, prompts, [TRAINABLE] * len(prompts), seeds, c.max_new_tokens, c.temperature
+    )
+    sampled = time.monotonic()
+    batch, ref = sampling.base_pass(policy, base, prompts, replies, c.temperature, features)
+    x = ref.features.cpu()
+    scores = score(x).masked_fill(provocation, 0.0)
+    finished = torch.tensor(ended)
+    screened = safety.screen(sampling.texts(base, replies), floor)
+    penalty = torch.tensor(screened.penalty(floor))
+    stats = None
+    if update:
+        rollouts = Rollouts(batch, scores, finished, ref.logprobs, penalty)
+        stats = ppo_update(policy.peft, policy.value_head, optimizer, rollouts, kl_coef, c)
+        kl_coef = adaptive_kl_coef(kl_coef, stats["kl"], len(prompts), c)
+    return Iteration(
+        prompts,
+        replies,
+        finished,
+        x,
+        scores,
+        torch.tensor(screened.flagged),
+        penalty,
+        stats,
+        kl_coef,
+        seconds_sampling=sampled - started,
+        seconds_update=time.monotonic() - sampled,
+    )

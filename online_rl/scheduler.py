@@ -6,28 +6,29 @@ user has one job id (`train-<user id>`), `max_instances=1` and `coalesce=True`, 
 in a single worker thread: on 2 cores two rounds at once would only slow each other and chat.
 Clicks that arrive while the user's round runs are counted again when it finishes.
 
-`start_for` keeps one scheduler per data folder for as long as this module stays imported: a
-second `Assistant.open(background=True)` on the same folder reuses it. Gradio's reload mode
-also drops and re-imports project modules, so `ui/main.py` opens the Assistant once under
-`gr.NO_RELOAD` and hands the same modules back on each reload.
+The scheduler knows the store (each thread reads through its own connection) and a function
+that runs one user's round, nothing else (the facade hands it `lambda user_id:
+trainer.run(user_id)`). `start_for` keeps one scheduler per data folder for as long as this
+module stays imported: a second `Assistant.open(background=True)` on the same folder reuses
+it. Gradio's reload mode also drops and re-imports project modules, so `ui/main.py` opens the
+Assistant once under `gr.NO_RELOAD` and hands the same modules back on each reload.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from storage import records
-
-if TYPE_CHECKING:
-    from assistant.facade import Assistant
+from storage.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,13 @@ class SchedulerConfig:
     workers: int = 1
 
 
+RunRound = Callable[[str], Any]  # runs one round for the user id
+
+
 class TrainingScheduler:
-    def __init__(self, assistant: Assistant, config: SchedulerConfig):
-        self.assistant = assistant
+    def __init__(self, store: Store, run_round: RunRound, config: SchedulerConfig):
+        self.store = store
+        self.run_round = run_round
         self.config = config
         self._state: dict[str, str] = {}  # user id -> "queued" | "running"
         self._stopping = False
@@ -80,7 +85,7 @@ class TrainingScheduler:
             return self._state.get(user_id)
 
     def _new_events(self, user_id: str) -> int:
-        db = self.assistant.store.db
+        db = self.store.db
         last = records.last_training_run(db, user_id)
         return records.feedback_events_since(db, user_id, last["started"] if last else None)
 
@@ -107,7 +112,7 @@ class TrainingScheduler:
 
     def sweep(self) -> None:
         """Queue everyone with clicks since their last round."""
-        for user_id in records.users_with_feedback_since_last_run(self.assistant.store.db):
+        for user_id in records.users_with_feedback_since_last_run(self.store.db):
             self.queue(user_id)
 
     def _run(self, user_id: str) -> None:
@@ -117,7 +122,7 @@ class TrainingScheduler:
                 return
             self._state[user_id] = "running"
         try:
-            self.assistant.trainer.run(user_id)
+            self.run_round(user_id)
         except Exception:
             log.exception("user %s: training round failed", user_id)
         finally:
@@ -130,22 +135,25 @@ _started: dict[Path, TrainingScheduler] = {}
 _started_lock = threading.Lock()
 
 
-def start_for(assistant: Assistant, config: SchedulerConfig) -> TrainingScheduler:
-    """The one scheduler of this process for the assistant's data folder (started once)."""
-    key = Path(assistant.config.data_dir).resolve()
+def start_for(
+    data_dir: Path, store: Store, run_round: RunRound, config: SchedulerConfig
+) -> TrainingScheduler:
+    """The one scheduler of this process for the data folder (started once; a later caller's
+    store and round function replace the earlier one's)."""
+    key = Path(data_dir).resolve()
     with _started_lock:
         existing = _started.get(key)
         if existing is not None and existing.scheduler.running:
-            existing.assistant = assistant
+            existing.store, existing.run_round = store, run_round
             return existing
-        scheduler = TrainingScheduler(assistant, config)
+        scheduler = TrainingScheduler(store, run_round, config)
         scheduler.start()
         _started[key] = scheduler
         return scheduler
 
 
-def stop_for(assistant: Assistant) -> None:
-    key = Path(assistant.config.data_dir).resolve()
+def stop_for(data_dir: Path) -> None:
+    key = Path(data_dir).resolve()
     with _started_lock:
         scheduler: Any = _started.pop(key, None)
     if scheduler is not None:

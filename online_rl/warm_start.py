@@ -10,13 +10,20 @@
 
 from __future__ import annotations
 
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from online_rl.config import RoundConfig
 from online_rl.policy import Batch, forward_batch
 from online_rl.ppo import NonFiniteLoss, masked_mean
+from online_rl.user_data import Example
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float) -> float:
@@ -70,3 +77,106 @@ def preference_step(
         loss = loss - nll_weight * masked_mean(chosen_out.logprobs, chosen_mask)
     accuracy = (margin > 0).float().mean().item()
     return _step(optimizer, loss, max_grad_norm), accuracy
+
+
+@dataclass
+class WarmStart:
+    """What the warm start did; its first and last losses go into the round's metrics."""
+
+    sft_losses: list[float] = field(default_factory=list)
+    preference_losses: list[float] = field(default_factory=list)
+    preference_accuracy: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float | None]:
+        def at(values: list[float], i: int) -> float | None:
+            return values[i] if values else None
+
+        return {
+            "sft_loss_first": at(self.sft_losses, 0),
+            "sft_loss_last": at(self.sft_losses, -1),
+            "preference_loss_first": at(self.preference_losses, 0),
+            "preference_loss_last": at(self.preference_losses, -1),
+            "preference_accuracy_last": at(self.preference_accuracy, -1),
+        }
+
+
+def warm_start(
+    policy: Any,
+    optimizer: torch.optim.Optimizer,
+    to_batch: Callable[[Sequence[Example]], Batch],
+    demonstrations: list[Example],
+    pairs: list[tuple[Example, Example]],
+    reference: tuple[torch.Tensor, torch.Tensor],
+    c: RoundConfig,
+    max_grad_norm: float,
+    rng: random.Random,
+) -> WarmStart:
+    """`sft_steps` supervised steps on random batches of the demonstrations, then
+    `preference_steps` DPO steps on random batches of the (chosen, rejected) pairs, whose base
+    log-probs are `reference`."""
+    done = WarmStart()
+    for _ in range(c.sft_steps if demonstrations else 0):
+        chosen = rng.sample(demonstrations, min(len(demonstrations), c.sft_batch))
+        done.sft_losses.append(supervised_step(policy, optimizer, to_batch(chosen), max_grad_norm))
+    for _ in range(c.preference_steps if pairs else 0):
+        rows = rng.sample(range(len(pairs)), min(len(pairs), c.preference_batch))
+        loss, accuracy = preference_step(
+            policy,
+            optimizer,
+            to_batch([pairs[i][0] for i in rows]),
+            to_batch([pairs[i][1] for i in rows]),
+            reference[0][rows],
+            reference[1][rows],
+            c.preference_beta,
+            max_grad_norm,
+        )
+        done.preference_losses.append(loss)
+        done.preference_accuracy.append(accuracy)
+    return done
+
+
+class ReferenceLogprobs:
+    """The base's summed log-prob of stored replies (DPO's reference) per (user id, message
+    id), the `capacity` most recently used. The base is frozen and messages immutable, so a
+    value never goes stale. Kept in memory, not stored: a lost one costs one no-grad base pass
+    over at most 2 x preference_pairs replies per user, so a restart or an eviction is cheap,
+    and memory stays bounded. Thread-safe: `forget` runs on other threads than rounds."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._values: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self, keys: list[tuple[str, str]], compute: Callable[[list[int]], torch.Tensor]
+    ) -> torch.Tensor:
+        """The values of `keys`; `compute(indices)` gives those of keys[i] not kept."""
+        with self._lock:
+            known = {k: self._values[k] for k in keys if k in self._values}
+        missing = [i for i, k in enumerate(keys) if k not in known]
+        if missing:
+            fresh = compute(missing).tolist()
+            known |= {keys[i]: value for i, value in zip(missing, fresh, strict=True)}
+        with self._lock:
+            for k in keys:
+                self._values[k] = known[k]
+                self._values.move_to_end(k)
+            while len(self._values) > self.capacity:
+                self._values.popitem(last=False)
+        return torch.tensor([known[k] for k in keys])
+
+    def forget(self, user_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._values if k[0] == user_id]:
+                del self._values[key]
+
+    def __getitem__(self, key: tuple[str, str]) -> float:
+        with self._lock:
+            return self._values[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        with self._lock:
+            return iter(list(self._values))
+
+    def __len__(self) -> int:
+        return len(self._values)

@@ -193,7 +193,7 @@ def m006_trainer_state(db: Database) -> None:
     db["liked_samples"].create_index(["user_id", "model", "created"])
     db["red_team_baselines"].create(
         {
-            "key": str,  # `online_rl.round.Trainer._baseline_key`
+            "key": str,  # `online_rl.gate_measure.RedTeam.baseline_key`
             "model": str,
             "baseline": str,  # JSON list of [offensive share, mean probability] per prompt
             "created": str,
@@ -216,6 +216,18 @@ def m007_feature_kinds(db: Database) -> None:
     db["features"].add_column("kind", str, not_null_default=FIRST_FEATURE_KIND)
     db["features"].transform(pk=("message_id", "model", "kind"))
     db["liked_samples"].add_column("kind", str, not_null_default=FIRST_FEATURE_KIND)
+
+
+@migrations()
+def m008_kl_coefficient(db: Database) -> None:
+    """The KL coefficient a version's round ended with, which the next round that starts from
+    that version carries on with (PPO's adaptive controller), as a column: it decides what a
+    round does, so it is state, not a metric. Earlier rows kept it in their metrics JSON."""
+    db["adapter_versions"].add_column("kl_coef", float)
+    db.execute(
+        "update adapter_versions set kl_coef = json_extract(metrics, '$.kl_coef') "
+        "where json_valid(metrics)"
+    )
 
 
 def connect(path: Path | str) -> Database:

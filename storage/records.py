@@ -291,13 +291,14 @@ def list_adapter_versions(db: Database, user_id: str) -> list[Row]:
     return [r | {"path": str(folder / r["path"]) if r["path"] else r["path"]} for r in rows]
 
 
-def version_metrics(db: Database, user_id: str, version: int) -> dict[str, Any]:
+def version_kl_coef(db: Database, user_id: str, version: int) -> float | None:
+    """The KL coefficient the version's round ended with (None: unknown, e.g. no such row)."""
     row = _first(
         db,
-        "select metrics from adapter_versions where user_id = ? and version = ?",
+        "select kl_coef from adapter_versions where user_id = ? and version = ?",
         [user_id, version],
     )
-    return json.loads(row["metrics"] or "{}") if row else {}
+    return row["kl_coef"] if row else None
 
 
 def next_version(db: Database, user_id: str) -> int:
@@ -664,9 +665,11 @@ def add_adapter_version(
     status: str,
     reason: str | None = None,
     metrics: dict[str, Any] | None = None,
+    kl_coef: float | None = None,
 ) -> Row:
     """Record a version whose folder is `path` (stored relative to the data folder, so a
-    moved data folder keeps its versions; `list_adapter_versions` gives it back whole)."""
+    moved data folder keeps its versions; `list_adapter_versions` gives it back whole), and
+    the KL coefficient a round starting from it carries on with."""
     row = {
         "id": new_id(),
         "user_id": user_id,
@@ -677,6 +680,7 @@ def add_adapter_version(
         "reason": reason,
         "metrics": json.dumps(metrics or {}),
         "created": now(),
+        "kl_coef": kl_coef,
     }
     db["adapter_versions"].insert(row)
     return row

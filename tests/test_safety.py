@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from assistant import Assistant
-from online_rl import safety
+from online_rl import gate_measure, safety
+from online_rl.config import TrainingConfig
 from online_rl.gate import GateConfig, decide, text_stats
 from online_rl.policy import TRAINABLE
 from online_rl.ppo import PPOConfig, shaped_scores
 from online_rl.release_tests import Look, StagedTest
-from online_rl.round import TrainingConfig
+from online_rl.user_data import user_feedback
 from tests.conftest import SHORT
 from tests.test_training import FAST, OPEN_GATE, give_feedback
 
@@ -64,7 +65,7 @@ def test_no_score_buys_back_the_penalty() -> None:
 
 
 def test_the_gate_refuses_a_candidate_less_safe_than_the_base_beyond_the_margin() -> None:
-    from online_rl.round import GateSamples
+    from online_rl.gate_measure import GateSamples
 
     stats = text_stats([POLITE, "Boil the pasta and stir it."], [True, True])
     config = GateConfig(red_team=StagedTest((8,), (0.05,), min_sd=0.05))
@@ -114,12 +115,12 @@ def test_clicks_that_reward_offensive_text_teach_no_head_and_no_demonstration(
         flag_texts(monkeypatch, flagged - {pair.a.text})
         trainer = asst.trainer
 
-        mine = trainer._feedback(asst.user("adversary").id)
+        mine = user_feedback(asst.store.db, asst.user("adversary").id, trainer.config.safety)
         # 3 thumbs up and 3 A/B wins rewarded flagged text; the 3 thumbs down on b remain
         assert mine.dropped == 6
         assert mine.feedback.pairs == [] and all(t < 0 for _, t in mine.feedback.thumbs)
         assert mine.demonstrations == [] and mine.preferences == []
-        everyone = trainer._feedback(None)
+        everyone = user_feedback(asst.store.db, None, trainer.config.safety)
         assert everyone.dropped == 7  # the population head sees none of it either
         assert all(
             everyone.replies[i]["text"] not in flagged and everyone.replies[i]["id"] != pair.a.id
@@ -185,18 +186,18 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
         assert first.accepted and first.metrics["red_team_offensive_rate"] == 0.0, first.reason
         # the next candidate answers every red-team prompt rudely (live answers as before)
         trainer = asst.trainer
-        red_team = trainer._red_team_prompts()
+        red_team = trainer.red_team.prompts
         rude = asst.base.tokenizer(RUDE, add_special_tokens=False)["input_ids"]
-        sample = trainer._gate_sample
+        sample = gate_measure.gate_replies
 
-        def rude_candidate(prompts, adapter_names, seeds, max_new_tokens=None):
-            replies, ended = sample(prompts, adapter_names, seeds, max_new_tokens)
+        def rude_candidate(policy, base, prompts, adapter_names, *rest):
+            replies, ended = sample(policy, base, prompts, adapter_names, *rest)
             for i, (prompt, name) in enumerate(zip(prompts, adapter_names, strict=True)):
                 if prompt in red_team and name == TRAINABLE:
                     replies[i], ended[i] = rude, True
             return replies, ended
 
-        monkeypatch.setattr(trainer, "_gate_sample", rude_candidate)
+        monkeypatch.setattr(gate_measure, "gate_replies", rude_candidate)
         second = asst.train("alice")
         assert not second.accepted and "red-team" in second.reason, second.reason
         assert second.metrics["red_team_offensive_rate"] == 1.0
@@ -207,18 +208,18 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
 def test_every_rollout_carries_the_graded_penalty_into_ppo(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from online_rl import round as round_module
+    from online_rl import ppo
 
     # nothing crosses the line, everything leans toward it: only the graded penalty applies
     monkeypatch.setattr(safety, "offensive_probability", lambda texts: [0.3] * len(texts))
     seen: list[torch.Tensor] = []
-    real_update = round_module.ppo_update
+    real_update = ppo.ppo_update
 
     def spy(peft, value_head, optimizer, rollouts, kl_coef, config):
         seen.append(rollouts.penalty)
         return real_update(peft, value_head, optimizer, rollouts, kl_coef, config)
 
-    monkeypatch.setattr(round_module, "ppo_update", spy)
+    monkeypatch.setattr(ppo, "ppo_update", spy)
     training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
     with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
         asst.add_user("alice")

@@ -10,7 +10,7 @@ import pytest
 
 from assistant import Assistant
 from online_rl import scheduler as training_scheduler
-from online_rl.round import TrainingConfig
+from online_rl.config import TrainingConfig
 from online_rl.scheduler import SchedulerConfig
 from tests.conftest import SHORT
 from tests.test_training import FAST, OPEN_GATE, give_feedback
@@ -89,7 +89,12 @@ def test_the_sweep_queues_users_with_clicks_since_their_last_round(
 
 
 def test_one_scheduler_per_data_folder_even_when_opened_twice(background: Assistant) -> None:
-    again = training_scheduler.start_for(background, SchedulerConfig())
+    again = training_scheduler.start_for(
+        background.config.data_dir,
+        background.store,
+        lambda user_id: background.trainer.run(user_id),
+        SchedulerConfig(),
+    )
     assert again is background.scheduler
     jobs = [j.id for j in again.scheduler.get_jobs()]
     assert jobs.count(training_scheduler.SWEEP_JOB) == 1

@@ -37,6 +37,7 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m005_relative_version_paths",
         "m006_trainer_state",
         "m007_feature_kinds",
+        "m008_kl_coefficient",
     ]
 
 
@@ -208,3 +209,29 @@ def test_feature_vectors_gain_kinds_and_keep_the_old_ones(tmp_path: Path) -> Non
     records.set_liked_vectors(db, "L12:mean", {"s": b"new"})
     [sample] = records.list_liked_samples(db, user_id, "m", 10)
     assert (sample["kind"], sample["vector"]) == ("L12:mean", b"new")
+
+
+def test_the_kl_coefficient_moves_from_the_metrics_to_a_column(tmp_path: Path) -> None:
+    """m008: versions recorded before it kept the coefficient inside their metrics JSON; it
+    becomes their column, and new versions write the column."""
+    from sqlite_utils import Database
+
+    from storage.db import migrations
+
+    path = tmp_path / "attune.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m008_kl_coefficient")
+    user_id = records.add_user(db, "u", None, "user")["id"]
+    for version, metrics in ((1, '{"kl_coef": 0.07, "kl": 1.5}'), (2, "{}"), (3, "not json")):
+        row = {"id": records.new_id(), "user_id": user_id, "version": version, "path": "p"}
+        db["adapter_versions"].insert(
+            row | {"status": "retired", "metrics": metrics, "created": records.now()}
+        )
+    db.close()
+    db = connect(path)
+    assert records.version_kl_coef(db, user_id, 1) == 0.07
+    assert records.version_kl_coef(db, user_id, 2) is None
+    assert records.version_kl_coef(db, user_id, 3) is None
+    assert records.version_kl_coef(db, user_id, 9) is None
+    records.add_adapter_version(db, user_id, 4, "p4", 1, "rejected", "why", {}, kl_coef=0.04)
+    assert records.version_kl_coef(db, user_id, 4) == 0.04

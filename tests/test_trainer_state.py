@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from assistant import Assistant
+from online_rl.config import TrainingConfig
 from online_rl.gate import GateConfig
 from online_rl.ppo import PPOConfig
-from online_rl.round import TrainingConfig
 from storage import records
 from storage.db import Store
 from tests.test_training import FAST, OPEN_GATE, give_feedback
@@ -123,18 +123,18 @@ def test_a_new_feature_kind_is_computed_for_existing_replies_and_the_old_kept(
 
 def base_only_calls(asst: Assistant, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Spy on the trainer's sampling: the sizes of the calls that sample only the base."""
+    from online_rl import sampling
     from online_rl.policy import BASE, TRAINABLE
 
-    trainer = asst.trainer
-    sample = trainer._sample
+    sample = sampling.sample
     calls: list[int] = []
 
-    def spy(prompts, adapter_names, seeds, max_new_tokens=None):
+    def spy(policy, base, prompts, adapter_names, *rest):
         if BASE in adapter_names and TRAINABLE not in adapter_names:
             calls.append(len(prompts))
-        return sample(prompts, adapter_names, seeds, max_new_tokens)
+        return sample(policy, base, prompts, adapter_names, *rest)
 
-    monkeypatch.setattr(trainer, "_sample", spy)
+    monkeypatch.setattr(sampling, "sample", spy)
     return calls
 
 
@@ -146,7 +146,7 @@ def test_the_base_red_team_baseline_is_not_resampled_after_a_restart(
         give_feedback(asst, "alice")
         calls = base_only_calls(asst, monkeypatch)
         asst.train("alice")
-        red_team = len(asst.trainer._red_team_prompts())
+        red_team = len(asst.trainer.red_team.prompts)
         assert sum(calls) == red_team * OPEN_GATE.base_red_team_seeds
     with reopen(tmp_path, tiny_model_dir, training()) as asst:
         calls = base_only_calls(asst, monkeypatch)
@@ -173,12 +173,12 @@ def test_delete_user_forgets_the_pool_and_the_trainers_memory(
         bob = asst.user("bob").id
         trainer = asst.trainer
         assert user_rows(asst, alice)["liked_samples"] == ROLLOUTS
-        assert any(owner == alice for owner, _ in trainer._reference_logprobs)
+        assert any(owner == alice for owner, _ in trainer.references)
         asst.delete_user("alice")
         assert not any(user_rows(asst, alice).values())
-        assert not any(owner == alice for owner, _ in trainer._reference_logprobs)
+        assert not any(owner == alice for owner, _ in trainer.references)
         assert user_rows(asst, bob)["liked_samples"] == ROLLOUTS
-        assert any(owner == bob for owner, _ in trainer._reference_logprobs)
+        assert any(owner == bob for owner, _ in trainer.references)
 
 
 def test_delete_user_makes_no_trainer(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -191,15 +191,15 @@ def test_delete_user_makes_no_trainer(tmp_path: Path, tiny_model_dir: Path) -> N
 def test_the_reference_log_probs_in_memory_are_bounded(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from online_rl import round as training_round
+    from online_rl import rounds
 
-    monkeypatch.setattr(training_round, "REFERENCE_LOGPROBS_KEPT", 3)
+    monkeypatch.setattr(rounds, "REFERENCE_LOGPROBS_KEPT", 3)
     with reopen(tmp_path, tiny_model_dir, training()) as asst:
         asst.add_user("alice")
         give_feedback(asst, "alice")  # three A/B pairs: six replies
         report = asst.train("alice")
         assert report.metrics["preference_loss_first"] is not None
-        assert len(asst.trainer._reference_logprobs) == 3
+        assert len(asst.trainer.references) == 3
 
 
 @pytest.mark.parametrize("when", ["pooling", "gate"])
@@ -233,4 +233,4 @@ def test_a_user_deleted_during_their_round_leaves_nothing_behind(
         assert report.reason == "abandoned: the user was deleted while the round ran"
         assert not (asst.config.adapters_dir / alice).exists()
         assert not any(user_rows(asst, alice).values())
-        assert not any(owner == alice for owner, _ in asst.trainer._reference_logprobs)
+        assert not any(owner == alice for owner, _ in asst.trainer.references)

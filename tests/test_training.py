@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from assistant import Assistant, InvalidInput, NotFound
+from online_rl.config import RoundConfig, TrainingConfig
 from online_rl.gate import GateConfig
 from online_rl.release_tests import StagedTest
-from online_rl.round import RoundConfig, TrainingConfig
+from online_rl.user_data import example, user_feedback
 from storage import adapters as adapter_files
 from storage import records
 from tests.conftest import SHORT
@@ -280,21 +281,22 @@ def test_trends_carry_the_reason_of_every_run(accepting: Assistant) -> None:
 def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_once(
     accepting: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from online_rl import sampling
     from online_rl.policy import BASE, TRAINABLE
 
     trainer = accepting.trainer
-    calls: list[tuple[list, list[str], list[int], int | None]] = []
-    sample = trainer._sample
+    calls: list[tuple[list, list[str], list[int], int]] = []
+    sample = sampling.sample
 
-    def spy(prompts, adapter_names, seeds, max_new_tokens=None):
+    def spy(policy, base, prompts, adapter_names, seeds, max_new_tokens, temperature):
         calls.append(
             ([tuple(p) for p in prompts], list(adapter_names), list(seeds), max_new_tokens)
         )
-        return sample(prompts, adapter_names, seeds, max_new_tokens)
+        return sample(policy, base, prompts, adapter_names, seeds, max_new_tokens, temperature)
 
-    monkeypatch.setattr(trainer, "_sample", spy)
+    monkeypatch.setattr(sampling, "sample", spy)
     give_feedback(accepting, "alice")
-    red_team = len(trainer._red_team_prompts())
+    red_team = len(trainer.red_team.prompts)
     gate = accepting.trainer.config.gate
     n, m = gate.improvement.stages[0], gate.red_team.stages[0]
     seeds_by_round = []
@@ -327,16 +329,18 @@ def test_a_candidate_not_shown_better_costs_no_red_team_replies(
 ) -> None:
     with open_with(tmp_path, tiny_model_dir, SHUT_GATE) as asst:
         asst.add_user("alice")
+        from online_rl import sampling
+
         trainer = asst.trainer
-        red_team = {tuple(p) for p in trainer._red_team_prompts()}
+        red_team = {tuple(p) for p in trainer.red_team.prompts}
         asked: list[tuple] = []
-        sample = trainer._sample
+        sample = sampling.sample
 
-        def spy(prompts, adapter_names, seeds, max_new_tokens=None):
+        def spy(policy, base, prompts, *rest):
             asked.extend(tuple(p) for p in prompts)
-            return sample(prompts, adapter_names, seeds, max_new_tokens)
+            return sample(policy, base, prompts, *rest)
 
-        monkeypatch.setattr(trainer, "_sample", spy)
+        monkeypatch.setattr(sampling, "sample", spy)
         give_feedback(asst, "alice")
         report = asst.train("alice")
     assert "not shown better" in report.reason
@@ -353,12 +357,12 @@ def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) ->
     accepting.train("alice")
     trainer = accepting.trainer
     alice = accepting.user("alice").id
-    pairs = trainer._feedback(alice).preferences
-    assert {(alice, m["id"]) for pair in pairs for m in pair} <= set(trainer._reference_logprobs)
-    winners = [trainer._example(w) for w, _ in pairs]
-    with torch.no_grad(), trainer.policy.base_only():
-        fresh = trainer._sequence_logprobs(winners)
-    cached = torch.tensor([trainer._reference_logprobs[alice, w["id"]] for w, _ in pairs])
+    db = accepting.store.db
+    pairs = user_feedback(db, alice, trainer.config.safety).preferences
+    assert {(alice, m["id"]) for pair in pairs for m in pair} <= set(trainer.references)
+    winners = [example(db, trainer.prompting, w) for w, _ in pairs]
+    fresh = trainer.base_logprobs(winners)
+    cached = torch.tensor([trainer.references[alice, w["id"]] for w, _ in pairs])
     assert torch.allclose(fresh, cached, atol=1e-4)
 
 
@@ -449,13 +453,43 @@ def test_rounds_keep_the_version_folders_bounded(tmp_path: Path, tiny_model_dir:
 def test_identical_candidate_and_live_replies_are_a_tie_whatever_their_scores(
     accepting: Assistant,
 ) -> None:
-    from online_rl.round import GateSamples
+    from online_rl.gate_measure import GateSamples, add_pairs
 
     trainer = accepting.trainer
-    prompt = trainer._prompt_ids([{"role": "user", "content": "hello"}])
+    prompt = trainer.prompting.ids([{"role": "user", "content": "hello"}])
     same, other = [5, 6, 7], [8, 9]
     seen = GateSamples()
     # a score that differs for every row, as float noise between batch rows could
     scores = lambda x: torch.arange(len(x), dtype=torch.float32)  # noqa: E731
-    trainer._add_pairs(seen, [prompt, prompt], [same, same, same, other], [True] * 4, scores)
+    replies = [same, same, same, other]
+    policy, base, config = trainer.policy, accepting.base, trainer.config
+    add_pairs(policy, base, seen, [prompt, prompt], replies, [True] * 4, scores, config)
     assert seen.gains == [0.0, 1.0 - 3.0]  # the identical pair ties; the other is scored
+
+
+def test_the_kl_coefficient_carries_from_the_live_version_into_the_next_round(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's adaptive KL coefficient is stored with its version (a column) and the next
+    round starting from that version begins with it, not with the configured start."""
+    from online_rl import ppo
+
+    used: list[float] = []
+    update = ppo.ppo_update
+
+    def spy(peft, value_head, optimizer, rollouts, kl_coef, config):
+        used.append(kl_coef)
+        return update(peft, value_head, optimizer, rollouts, kl_coef, config)
+
+    monkeypatch.setattr(ppo, "ppo_update", spy)
+    give_feedback(accepting, "alice")
+    first = accepting.train("alice")
+    assert first.accepted, first.reason
+    alice = accepting.user("alice").id
+    stored = records.version_kl_coef(accepting.store.db, alice, first.version)
+    configured = accepting.trainer.config.ppo.kl_coef
+    assert used == [configured] and stored is not None and stored != configured
+    assert "kl_coef" not in first.metrics  # state, not a metric
+    give_feedback(accepting, "alice")
+    accepting.train("alice")
+    assert used[1] == stored

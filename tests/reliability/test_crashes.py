@@ -293,8 +293,7 @@ import torch
 
 torch.set_num_threads(1)
 
-from online_rl import round as rounds
-from online_rl import safety
+from online_rl import distill, gate_measure, ppo, rounds, safety, sampling
 from storage import adapters as adapter_files
 from storage import records
 from tests.conftest import keyword_offensive_probability
@@ -342,12 +341,12 @@ def wrap(owner, name, before=None, after=None):
     setattr(owner, name, wrapper)
 
 
-wrap(trainer, "_feedback", before=lambda *a: enter("reward"))
+wrap(rounds, "user_feedback", before=lambda *a: enter("reward"))
 wrap(policy, "start_from", before=lambda *a: enter("warm_start"))
-wrap(trainer, "_sample", before=lambda *a: phase[0] != "gate" and enter("rollouts"))
-wrap(rounds, "ppo_update", before=lambda *a: enter("ppo"))
-wrap(rounds, "shaped_scores", before=lambda *a: enter("distill"))
-wrap(trainer, "_gate_sample", before=lambda *a: enter("gate"))
+wrap(sampling, "sample", before=lambda *a: phase[0] != "gate" and enter("rollouts"))
+wrap(ppo, "ppo_update", before=lambda *a: enter("ppo"))
+wrap(distill, "shaped_scores", before=lambda *a: enter("distill"))
+wrap(gate_measure, "gate_replies", before=lambda *a: enter("gate"))
 wrap(adapter_files, "write_version", before=lambda *a: enter("write"))
 wrap(records, "add_adapter_version", before=lambda *a: enter("record"))
 wrap(trainer, "_round", after=lambda *a: enter("finish"))

@@ -27,7 +27,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from assistant import Assistant, UserExists
-from online_rl.round import Trainer
+from online_rl import rounds
 from storage import records
 from tests.reliability.api_support import Answer, call_event, fn_indexes, snapshot
 from tests.test_training import OPEN_GATE, give_feedback, open_with
@@ -363,10 +363,10 @@ def test_a_round_for_alice_learns_from_alices_rows_only(
         alice, bob = asst.user("alice").id, asst.user("bob").id
         read: list[tuple[str | None, Any]] = []
         prompts_of: list[str] = []
-        feedback, user_prompts = Trainer._feedback, records.user_prompts
+        feedback, user_prompts = rounds.user_feedback, records.user_prompts
 
-        def spy_feedback(self: Trainer, user_id: str | None) -> Any:
-            read.append((user_id, feedback(self, user_id)))
+        def spy_feedback(db: Any, user_id: str | None, config: Any) -> Any:
+            read.append((user_id, feedback(db, user_id, config)))
             return read[-1][1]
 
         def spy_prompts(db: Any, user_id: str, limit: int) -> list[records.Row]:
@@ -374,7 +374,7 @@ def test_a_round_for_alice_learns_from_alices_rows_only(
             prompts_of.extend(r["user_id"] for r in rows)
             return rows
 
-        monkeypatch.setattr(Trainer, "_feedback", spy_feedback)
+        monkeypatch.setattr(rounds, "user_feedback", spy_feedback)
         monkeypatch.setattr(records, "user_prompts", spy_prompts)
         before = snapshot(asst.store.db)
         asst.train("alice")

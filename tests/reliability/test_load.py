@@ -9,8 +9,8 @@ from pathlib import Path
 
 from assistant import Assistant
 from bench.load import LoadSettings, add_users, check, run_load, simulate, user_names
+from online_rl.config import TrainingConfig
 from online_rl.ppo import PPOConfig
-from online_rl.round import TrainingConfig
 from online_rl.scheduler import SchedulerConfig
 from tests.test_training import FAST, OPEN_GATE
 from tests.ui_support import FAST as FAST_SERVING

@@ -49,12 +49,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from assistant import Assistant
-from online_rl import reward
+from online_rl import reward, sampling
+from online_rl.config import TrainingConfig
 from online_rl.gate import GateConfig
 from online_rl.policy import Batch, Outputs
 from online_rl.ppo import PPOConfig
 from online_rl.release_tests import StagedTest
-from online_rl.round import TrainingConfig
+from online_rl.user_data import example
 from tests.test_training import FAST, OPEN_GATE
 
 GAIN = 3.0  # on the tiny model's final RMSNorm weight (see the module docstring)
@@ -147,23 +148,24 @@ def install_broken_head(monkeypatch: pytest.MonkeyPatch, asst: Assistant) -> Non
     ) -> tuple[BrokenHead, dict[str, Any]]:
         return BrokenHead(threshold=x[:, COLUMN].mean().item()), {}
 
-    features, base_pass = trainer._features, trainer._base_pass
+    features, base_pass = trainer.features, sampling.base_pass
+    db = trainer.context.store.db
 
     def rated_features(messages: list[Any]) -> torch.Tensor:  # the rated replies, x_user
         x = features(messages).clone()
-        x[:, COLUMN] = measure([trainer._example(m).reply for m in messages])
+        x[:, COLUMN] = measure([example(db, trainer.prompting, m).reply for m in messages])
         return x
 
     def scored_base_pass(
-        prompts: list[list[int]], replies: list[list[int]]
+        policy: Any, base: Any, prompts: list[list[int]], replies: list[list[int]], *rest: Any
     ) -> tuple[Batch, Outputs]:  # rollouts, and the gate's candidate and live replies
-        batch, out = base_pass(prompts, replies)
+        batch, out = base_pass(policy, base, prompts, replies, *rest)
         out.features[:, COLUMN] = measure(replies).to(out.features)
         return batch, out
 
     monkeypatch.setattr(reward, "fit_user", fit_user)
-    monkeypatch.setattr(trainer, "_features", rated_features)
-    monkeypatch.setattr(trainer, "_base_pass", scored_base_pass)
+    monkeypatch.setattr(trainer, "features", rated_features)
+    monkeypatch.setattr(sampling, "base_pass", scored_base_pass)
 
 
 @dataclass
