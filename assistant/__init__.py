@@ -44,6 +44,7 @@ def __getattr__(name: str) -> Any:
         return getattr(facade, name)
     raise AttributeError(f"module 'assistant' has no attribute {name!r}")
 
+
 __all__ = [
     "HARMFUL_REASON",
     "MAX_TEMPERATURE",

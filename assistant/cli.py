@@ -368,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "name",
         help="which benchmark: quantize, personalize, chat-during-training, load, ppo-vs-trl, "
-        "serving, decode-variants, adaptation, footprint, gate",
+        "serving, decode-variants, adaptation, footprint, gate, heads, compare, oracle",
     )
     bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)"

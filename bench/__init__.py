@@ -25,6 +25,7 @@ BENCHMARKS = {
     "gate": "bench.gate",
     "heads": "bench.heads",
     "compare": "bench.compare",
+    "oracle": "bench.oracle",
 }
 
 

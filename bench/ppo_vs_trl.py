@@ -219,7 +219,7 @@ def attune_side(job: Job) -> SideResult:
             prompts,
             seeds,
             no_provocation,
-            head.score,
+            lambda x, _texts: head.score(x),
             kl_coef,
             ppo,
             config.safety,

@@ -263,6 +263,7 @@ class Iteration:
 
     prompts: list[list[int]]
     replies: list[list[int]]
+    texts: list[str]
     finished: torch.Tensor  # (B,) bool
     features: torch.Tensor  # (B, F) the reward's, from the base pass
     scores: torch.Tensor  # (B,) the score function's, 0 on provocations
@@ -281,7 +282,7 @@ def ppo_iteration(
     prompts: list[list[int]],
     seeds: list[int],
     provocation: torch.Tensor,
-    score: Callable[[torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor, list[str]], torch.Tensor],
     kl_coef: float,
     c: PPOConfig,
     floor: safety.SafetyConfig,
@@ -290,8 +291,10 @@ def ppo_iteration(
 ) -> Iteration:
     """Sample one reply per prompt from the trainable adapter, score it, and update.
 
-    `score` maps reward features to normalised scores; rows marked in `provocation` (red-team
-    prompts) get none of it: there only the safety floor's penalty speaks. `update` False
+    `score` maps the replies' reward features and texts to normalised scores (a user's head
+    reads the features; `attune bench oracle`'s perfect reward, the texts); rows marked in
+    `provocation` (red-team prompts) get none of it: there only the safety floor's penalty
+    speaks. `update` False
     samples and scores without training (best-of-n distillation alone, for ablations).
     """
     started = time.monotonic()
@@ -301,9 +304,10 @@ def ppo_iteration(
     sampled = time.monotonic()
     batch, ref = sampling.base_pass(policy, base, prompts, replies, c.temperature, features)
     x = ref.features.cpu()
-    scores = score(x).masked_fill(provocation, 0.0)
+    texts = sampling.texts(base, replies)
+    scores = score(x, texts).masked_fill(provocation, 0.0)
     finished = torch.tensor(ended)
-    screened = safety.screen(sampling.texts(base, replies), floor)
+    screened = safety.screen(texts, floor)
     penalty = torch.tensor(screened.penalty(floor))
     stats = None
     if update:
@@ -313,6 +317,7 @@ def ppo_iteration(
     return Iteration(
         prompts,
         replies,
+        texts,
         finished,
         x,
         scores,

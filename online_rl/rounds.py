@@ -312,7 +312,7 @@ class Trainer:
                 prompts,
                 seeds,
                 provocation,
-                score,
+                lambda x, _texts: score(x),
                 kl_coef,
                 cfg.ppo,
                 cfg.safety,
