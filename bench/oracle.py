@@ -34,7 +34,7 @@ from assistant import Assistant
 from assistant.config import ChatConfig
 from assistant.generation import Sample
 from bench.fresh import open_fresh
-from bench.heads import PROMPTS, build_pool
+from bench.heads import PROMPTS, load_pool
 from bench.report import RESULTS, bar_plot, write
 from bench.tastes import ALL, Preference
 from online_rl import distill, gate, sampling
@@ -115,7 +115,7 @@ class Lab:
             self.base.tokenizer, chat.system_prompt, chat.context_tokens - tokens, tokens
         )
         ids = [self.prompting.ids([{"role": "user", "content": p}]) for p in prompts]
-        self.heldout, self.train = ids[::4], [p for i, p in enumerate(ids) if i % 4]
+        self.heldout, self.train_prompts = ids[::4], [p for i, p in enumerate(ids) if i % 4]
         self.policy = TrainablePolicy(self.base.training_copy(), config.lora, self.base.device)
         self.seed = seed
 
@@ -178,7 +178,7 @@ class Lab:
         cpu, wall = time.process_time(), time.monotonic()
         liked_rollouts = []
         while time.process_time() - cpu < budget:
-            picked = [rng.choice(self.train) for _ in range(rc.rollout_prompts)]
+            picked = [rng.choice(self.train_prompts) for _ in range(rc.rollout_prompts)]
             prompts = [q for q in picked for _ in range(rc.samples_per_prompt)]
             seeds = [rng.randrange(2**31) for _ in prompts]
             none = torch.zeros(len(prompts), dtype=torch.bool)
@@ -225,23 +225,18 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     opts = parser.parse_args(options)
     tastes = opts.tastes.split(",")
     recipes = [RECIPES[r] for r in opts.recipes.split(",")]
-    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
-    folder = Path(args.data_dir) / "bench-heads-pool"
-    pool_asst = Assistant.open(
-        folder, model=args.model, quantize=args.quantize, device=args.device, model_cache=cache
-    )
-    try:  # the heads lab's pool gives each taste's base rate (built there if missing)
-        pool = build_pool(pool_asst, folder, 10, 96, 32)
-    finally:
-        pool_asst.close()
-    base_rates = {t: statistics.mean(ALL[t].satisfied(s) for s in pool.samples) for t in tastes}
+    # each taste's base rate: on the heads lab's pool (1,600 replies) when it has been built,
+    # else on this lab's own held-out base replies
+    pool = load_pool(Path(args.data_dir) / "bench-heads-pool")
     prompts = [p for kind in json.loads(PROMPTS.read_text()).values() for p in kind]
     config = TrainingConfig(ppo=PPOConfig())
     asst = open_fresh(args, NAME, training=config)
-    rows, raw = [], {}
+    rows, raw, base_rates = [], {}, {}
     try:
         lab = Lab(asst, config, prompts, opts.seed)
         base_replies, _ = lab.replies(opts.repeats, BASE)
+        rated = pool.samples if pool else base_replies
+        base_rates = {t: statistics.mean(ALL[t].satisfied(s) for s in rated) for t in tastes}
         for t in tastes:
             pref = ALL[t]
             before = evaluation(pref, base_replies, 0.0)
@@ -288,6 +283,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         rows,
         {
             "base_rates": base_rates,
+            "base_rates_from": "bench heads pool" if pool else "held-out base replies",
             "budget_cpu_seconds": opts.budget,
             "heldout": {"prompts": len(lab.heldout), "repeats": opts.repeats},
             "threads": torch.get_num_threads(),

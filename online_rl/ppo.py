@@ -172,13 +172,17 @@ def ppo_update(
     """
     batch = rollouts.batch
     mask = batch.response_mask.float()
+    # scores are computed beside the features, on the CPU; the update runs where the model is
+    device = mask.device
+    penalty = None if rollouts.penalty is None else rollouts.penalty.to(device)
+    finished = rollouts.finished.to(device)
 
     # Before the update: old log-probs and values of the policy that sampled the rollouts.
     with torch.no_grad():
         old = forward_batch(policy, batch, c.temperature, value_head)
     assert old.values is not None
     kl = kl_per_token(old.logprobs, rollouts.ref_logprobs, c.kl_estimator)
-    scores = shaped_scores(rollouts.scores, rollouts.finished, c, rollouts.penalty)
+    scores = shaped_scores(rollouts.scores.to(device), finished, c, penalty)
     rewards = token_rewards(scores, kl, mask, batch.last_index, kl_coef)
     advantages, returns = gae(rewards, old.values, mask, c.gamma, c.lam)
     advantages = whiten(advantages, mask)

@@ -69,8 +69,9 @@ def preference_step(
     """
     chosen_out = forward_batch(policy, chosen, temperature=1.0)
     chosen_mask = chosen.response_mask.float()
-    margin = ((chosen_out.logprobs * chosen_mask).sum(-1) - ref_chosen) - (
-        sequence_logprob(policy, rejected) - ref_rejected
+    device = chosen_mask.device  # the references may be cached on the CPU
+    margin = ((chosen_out.logprobs * chosen_mask).sum(-1) - ref_chosen.to(device)) - (
+        sequence_logprob(policy, rejected) - ref_rejected.to(device)
     )
     loss = -F.logsigmoid(beta * margin).mean()
     if nll_weight:

@@ -53,8 +53,10 @@ def test_joined_and_merged_caches_give_the_same_next_token_as_separate_ones(
     a = prompt_ids(asst, "hello")
     b = prompt_ids(asst, "a much longer question about the weather tomorrow")
 
+    device = asst.base.device
+
     def prefill(ids: list[int]):
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=device)
         out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
         return out.past_key_values, torch.ones_like(x)
 
@@ -63,9 +65,9 @@ def test_joined_and_merged_caches_give_the_same_next_token_as_separate_ones(
         cache_b, mask_b = prefill(b)
         cache, mask = merge_caches(cache_a, mask_a, cache_b, mask_b)
         assert mask.shape == (2, len(b)) and int(mask[0].sum()) == len(a)
-        nxt = torch.tensor([[5], [7]])
+        nxt = torch.tensor([[5], [7]], device=device)
         mask1 = torch.cat([mask, torch.ones_like(nxt)], -1)
-        positions = torch.tensor([[len(a)], [len(b)]])
+        positions = torch.tensor([[len(a)], [len(b)]], device=device)
         both = model(
             input_ids=nxt,
             attention_mask=mask1,
@@ -75,11 +77,13 @@ def test_joined_and_merged_caches_give_the_same_next_token_as_separate_ones(
         ).logits[:, -1]
         separate = []
         for ids, token in ((a, 5), (b, 7)):
-            x = torch.tensor([ids + [token]])
+            x = torch.tensor([ids + [token]], device=device)
             separate.append(model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1])
-        torch.testing.assert_close(both, torch.stack(separate), atol=1e-4, rtol=1e-4)
+        # exact up to float noise in fp32; NF4 weights (the CUDA default) round more
+        tol = 1e-2 if asst.base.quantized else 1e-4
+        torch.testing.assert_close(both, torch.stack(separate), atol=tol, rtol=tol)
         # the short row leaves: the columns only the long one needed go, the cache shrinks
-        mask2 = keep_rows(both_cache := cache, mask1, torch.tensor([0]))
+        mask2 = keep_rows(both_cache := cache, mask1, torch.tensor([0], device=device))
         assert mask2.shape == (1, len(a) + 1) and bool(mask2.all())
         assert both_cache.layers[0].keys.shape[0] == 1
         assert both_cache.layers[0].keys.shape[2] == len(a) + 1
@@ -93,7 +97,7 @@ def test_stacked_lora_matches_peft_mixed_batch(
     publish_adapter(asst, tiny_model_dir, bob, 1, seed=2)
     ids = [asst.user(n).id for n in ("alice", "bob", "alice")] + ["nobody"]
     prompt = prompt_ids(asst, "what is new")
-    x = torch.tensor([prompt] * 4)
+    x = torch.tensor([prompt] * 4, device=asst.base.device)
     inputs = {"input_ids": x, "attention_mask": torch.ones_like(x)}
     with asst.adapters.lease(ids) as binding, torch.no_grad():
         names = binding.adapter_names

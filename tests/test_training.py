@@ -361,7 +361,7 @@ def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) ->
     pairs = user_feedback(db, alice, trainer.config.safety).preferences
     assert {(alice, m["id"]) for pair in pairs for m in pair} <= set(trainer.references)
     winners = [example(db, trainer.prompting, w) for w, _ in pairs]
-    fresh = trainer.base_logprobs(winners)
+    fresh = trainer.base_logprobs(winners).cpu()  # the cache holds them on the CPU
     cached = torch.tensor([trainer.references[alice, w["id"]] for w, _ in pairs])
     assert torch.allclose(fresh, cached, atol=1e-4)
 
