@@ -128,11 +128,11 @@ def distill(
     fresh = [Example(it.prompts[i], it.replies[i]) for i in range(len(it.prompts)) if liked[i]]
     best = fresh[: c.sft_batch]
     best += rng.sample(earlier, min(len(earlier), c.sft_batch - len(best)))
-    if best:
+    if best and c.distill_steps:  # `examples` counts what was imitated, not what was picked
         batch = to_batch(best)
         for _ in range(c.distill_steps):
             done.losses.append(supervised_step(policy.peft, optimizer, batch, ppo.max_grad_norm))
-    done.examples += len(best)
+        done.examples += len(best)
     pairs = ranked_pairs(it, c.samples_per_prompt, c.ranked_pair_margin, ppo)
     if not (pairs and c.ranked_preference_steps):
         return
