@@ -56,6 +56,7 @@ class Recipe:
     samples_per_prompt: int = 4
     ppo: bool = True
     ppo_epochs: int = 1
+    ppo_learning_rate: float = PPOConfig().learning_rate
     distill_steps: int = 2
     ranked_preference_steps: int = 2
 
@@ -75,6 +76,13 @@ RECIPES = {
     for r in (
         Recipe("round (today's mix)"),
         Recipe("PPO alone", distill_steps=0, ranked_preference_steps=0),
+        Recipe(
+            "PPO alone, lr 1e-3, 2 epochs",
+            ppo_epochs=2,
+            ppo_learning_rate=1e-3,
+            distill_steps=0,
+            ranked_preference_steps=0,
+        ),
         Recipe("best-of-4 alone", ppo=False, ranked_preference_steps=0),
         Recipe("best-of-8 + ranked pairs", samples_per_prompt=8, ppo=False),
     )
@@ -159,7 +167,7 @@ class Lab:
         policy, cfg = self.policy, self.config
         policy.start_from(None)  # a fresh adapter and value head
         rc = recipe.round_config()
-        ppo = replace(cfg.ppo, epochs=recipe.ppo_epochs)
+        ppo = replace(cfg.ppo, epochs=recipe.ppo_epochs, learning_rate=recipe.ppo_learning_rate)
         params = policy.trainable_parameters()
         sft = torch.optim.AdamW(params, lr=rc.sft_learning_rate, weight_decay=0.0)
         ppo_optimizer = torch.optim.AdamW(
