@@ -77,7 +77,7 @@ RECIPES = {
         Recipe("round (today's mix)"),
         Recipe("PPO alone", distill_steps=0, ranked_preference_steps=0),
         Recipe(
-            "PPO alone, lr 1e-3, 2 epochs",
+            "PPO alone at lr 1e-3 and 2 epochs",
             ppo_epochs=2,
             ppo_learning_rate=1e-3,
             distill_steps=0,
