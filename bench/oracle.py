@@ -26,12 +26,12 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from assistant import Assistant
-from assistant.config import ChatConfig
 from assistant.generation import Sample
 from bench.fresh import open_fresh
 from bench.heads import PROMPTS, load_pool
@@ -39,7 +39,7 @@ from bench.report import RESULTS, bar_plot, write
 from bench.tastes import ALL, Preference
 from online_rl import distill, gate, sampling
 from online_rl.config import RoundConfig, TrainingConfig
-from online_rl.policy import BASE, TRAINABLE, Batch, TrainablePolicy, forward_batch
+from online_rl.policy import BASE, TRAINABLE, TrainablePolicy, forward_batch
 from online_rl.ppo import PPOConfig, ppo_iteration
 from online_rl.user_data import Example, Prompting
 
@@ -117,7 +117,7 @@ class Lab:
     def __init__(self, asst: Assistant, config: TrainingConfig, prompts: list[str], seed: int):
         self.base = asst.base
         self.config = config
-        chat = ChatConfig()
+        chat = asst.config.chat
         tokens = config.ppo.max_new_tokens
         self.prompting = Prompting(
             self.base.tokenizer, chat.system_prompt, chat.context_tokens - tokens, tokens
@@ -126,9 +126,6 @@ class Lab:
         self.heldout, self.train_prompts = ids[::4], [p for i, p in enumerate(ids) if i % 4]
         self.policy = TrainablePolicy(self.base.training_copy(), config.lora, self.base.device)
         self.seed = seed
-
-    def batch(self, examples: list[Example]) -> Batch:
-        return sampling.batch(self.base, [e.prompt for e in examples], [e.reply for e in examples])
 
     def replies(self, repeats: int, adapter: str) -> tuple[list[Sample], float]:
         """`adapter`'s (TRAINABLE or BASE) replies to the held-out prompts, fixed seeds, and
@@ -208,7 +205,18 @@ class Lab:
             judged = samples(it.texts, it.finished.tolist())
             liked = torch.tensor([pref.satisfied(x) for x in judged]) & ~it.unsafe
             liked_rollouts.append(liked.float().mean().item())
-            distill.distill(policy, sft, self.batch, it, liked, pool, rc, ppo, rng, done)
+            distill.distill(
+                policy,
+                sft,
+                partial(sampling.examples_batch, self.base),
+                it,
+                liked,
+                pool,
+                rc,
+                ppo,
+                rng,
+                done,
+            )
             fresh = [Example(prompts[i], it.replies[i]) for i in range(len(prompts)) if liked[i]]
             pool = (fresh + pool)[: rc.liked_pool]
             iterations += 1

@@ -20,10 +20,9 @@ from storage.db import writing
 
 @dataclass(frozen=True)
 class Published:
-    """How the candidate ended: live or not, the round's outcome, and why."""
+    """How the candidate ended: live or not, and why."""
 
     accepted: bool
-    outcome: str  # the round's: "accepted" or "rejected"
     reason: str
 
 
@@ -84,4 +83,4 @@ def publish(
         )
         if accepted:
             records.make_live(db, user_id, version, old_status="retired")
-        return finish(Published(accepted, "accepted" if accepted else "rejected", reason))
+        return finish(Published(accepted, reason))

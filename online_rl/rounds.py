@@ -379,7 +379,8 @@ class Trainer:
                 published.reason,
                 metrics,
             )
-            return finish_run(db, run_id, report, started, published.outcome)
+            outcome = "accepted" if published.accepted else "rejected"
+            return finish_run(db, run_id, report, started, outcome)
 
         return publish(
             db,
@@ -483,9 +484,7 @@ class Trainer:
             )
 
     def batch(self, examples: list[Example]) -> Batch:
-        return sampling.batch(
-            self.context.base, [e.prompt for e in examples], [e.reply for e in examples]
-        )
+        return sampling.examples_batch(self.context.base, examples)
 
     def _rollout_prompts(
         self, train_prompts: list[list[int]], rng: random.Random

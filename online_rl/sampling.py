@@ -17,6 +17,7 @@ from assistant.config import GenerationConfig
 from assistant.model import LoadedModel
 from online_rl.features import FeatureSpec
 from online_rl.policy import Batch, Outputs, TrainablePolicy, forward_batch, make_batch
+from online_rl.user_data import Example
 
 
 def sample(
@@ -56,6 +57,11 @@ def texts(base: LoadedModel, replies: Sequence[list[int]]) -> list[str]:
 def batch(base: LoadedModel, prompts: Sequence[list[int]], replies: Sequence[list[int]]) -> Batch:
     """Prompt and reply rows, padded for one forward pass."""
     return make_batch(list(prompts), list(replies), base.tokenizer.pad_token_id, base.device)
+
+
+def examples_batch(base: LoadedModel, examples: Sequence[Example]) -> Batch:
+    """`batch` of (prompt, reply) examples: what the supervised and DPO steps train on."""
+    return batch(base, [e.prompt for e in examples], [e.reply for e in examples])
 
 
 def base_pass(
