@@ -12,9 +12,11 @@ from assistant import Assistant, InvalidInput
 from assistant.config import GenerationConfig
 from assistant.generation import (
     ZERO_WIDTH_SPACE,
-    _top_p_filter,
+    _nucleus,
     bind_forward,
     escape_special_tokens,
+    left_pad,
+    next_tokens,
     prompt_token_ids,
     sample,
     special_token_strings,
@@ -85,12 +87,43 @@ def test_system_prompt_replaces_the_default(tiny) -> None:
     assert "Be brief." in text and "tiny test assistant" not in text
 
 
-def test_top_p_keeps_the_smallest_nucleus() -> None:
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    kept = _top_p_filter(probs.clone(), 0.75)
-    assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
-    assert torch.equal(_top_p_filter(probs.clone(), 1.0), probs)
-    assert _top_p_filter(probs.clone(), 0.01)[0, 0] == 1.0
+def test_top_p_keeps_the_smallest_nucleus(monkeypatch: pytest.MonkeyPatch) -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]])
+    weights, ids = _nucleus(probs, 0.75)
+    assert ids is not None
+    kept = torch.zeros_like(probs).scatter(-1, ids, weights)
+    assert torch.equal(kept, torch.tensor([[0.5, 0.3, 0.0, 0.0], [0.0, 0.0, 0.3, 0.5]]))
+    assert _nucleus(probs, 1.0) == (probs, None)
+    weights, ids = _nucleus(probs, 0.01)
+    assert ids is not None and weights[0].tolist() == [0.5, 0.0, 0.0, 0.0]
+    # when the first candidates hold too little mass, every row is sorted in full: same set
+    monkeypatch.setattr("assistant.generation.NUCLEUS_CANDIDATES", 2)
+    weights, ids = _nucleus(probs, 0.9)
+    assert ids is not None
+    kept = torch.zeros_like(probs).scatter(-1, ids, weights)
+    assert torch.equal(kept, torch.tensor([[0.5, 0.3, 0.15, 0.0], [0.0, 0.15, 0.3, 0.5]]))
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_sampling_draws_from_the_distribution(top_p: float) -> None:
+    """4,000 seeded rows of one distribution: each token's share matches its probability
+    (within 4 standard errors), and nothing outside the nucleus is ever drawn."""
+    probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05, 0.0])
+    rows = 4000
+    logits = probs.clamp(min=1e-30).log().expand(rows, -1)
+    generators = [torch.Generator().manual_seed(seed) for seed in range(rows)]
+    settings = GenerationConfig(temperature=1.0, top_p=top_p)
+    tokens = next_tokens(logits, settings, generators)
+    expected = probs.clone()
+    if top_p < 1.0:
+        expected[3:] = 0.0  # 0.4 + 0.25 + 0.2 = 0.85 reaches 0.8
+        expected /= expected.sum()
+    shares = torch.bincount(tokens, minlength=len(probs)).double() / rows
+    bound = 4 * (expected * (1 - expected) / rows).sqrt().double()
+    assert ((shares - expected.double()).abs() <= bound).all(), shares
+    assert shares[expected == 0].sum() == 0
+    again = next_tokens(logits, settings, [torch.Generator().manual_seed(s) for s in range(rows)])
+    assert torch.equal(tokens, again)  # the seeds decide
 
 
 def test_seed_per_row_is_independent_of_the_batch(tiny) -> None:
@@ -140,3 +173,31 @@ def test_injection_through_the_facade_is_stored_verbatim(asst: Assistant, alice:
     reply = asst.chat(alice, INJECTION, max_new_tokens=4)
     stored = asst.messages(alice, reply.conversation_id)[0]["text"]
     assert stored == INJECTION  # escaping happens in the prompt only; what the user typed is kept
+
+
+def test_the_growing_cache_gives_the_dynamic_caches_numbers(tiny) -> None:
+    """Prefill, then 80 decoding steps (past the first buffer: it grows) on left-padded rows:
+    the same logits as transformers' own DynamicCache."""
+    from transformers import DynamicCache
+
+    from assistant.kv_cache import growing_cache
+
+    model, tokenizer = tiny
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, torch.device("cpu"))
+    runs = []
+    for cache in (growing_cache(), DynamicCache()):
+        x, m, positions = ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = []
+        with torch.no_grad():
+            for step in range(80):
+                out = model(
+                    input_ids=x, attention_mask=m, position_ids=positions, past_key_values=cache
+                )
+                logits.append(out.logits[:, -1])
+                x = torch.full((2, 1), 20 + step)
+                m = torch.cat([m, torch.ones_like(x)], dim=-1)
+                positions = positions[:, -1:] + 1
+        runs.append(torch.stack(logits))
+    assert cache.get_seq_length() == ids.shape[1] + 79
+    torch.testing.assert_close(runs[0], runs[1])
