@@ -8,6 +8,12 @@ itself (serving benchmark). Here the batch's adapters are stacked once, when the
 into B and zeros for rows on the bare base; each step then adds x @ A @ B to the base layer's
 output (`torch.bmm`), the idea of Punica and S-LoRA. peft still loads and holds the adapters;
 its own LoRA computation is switched off on the serving model.
+
+Per-row copies cost rows x (in + out) x r floats per layer: fine for a few chat rows, too much
+for a training round's 64-row batch that mixes only its candidate and live adapters. When a
+batch holds at most `SHARED_ADAPTERS` distinct adapters, each layer instead keeps their factors
+side by side, A: (in, K r) and B: (K r, out), and a 0/1 mask (rows, 1, K r) that keeps each
+row's own columns: x @ A, masked, @ B, the same sum with K times the (small) LoRA products.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch
 from torch import nn
 
 from assistant.adapters import BASE
+
+SHARED_ADAPTERS = 2  # up to this many distinct adapters in a batch: factors side by side
 
 
 def _factors(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -56,13 +64,38 @@ def _stack(layer: Any, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor
     return torch.stack(a_rows), torch.stack(b_rows)
 
 
+def _side_by_side(
+    layer: Any, names: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The batch's distinct adapters' factors side by side, A: (in, K r) and B: (K r, out),
+    and each row's 0/1 column mask (rows, 1, K r); None when no row uses an adapter here."""
+    distinct = [n for n in dict.fromkeys(names) if _factors(layer, n) is not None]
+    if not distinct:
+        return None
+    factors = [_factors(layer, n) for n in distinct]
+    a = torch.cat([f[0] for f in factors if f is not None], dim=1)
+    b = torch.cat([f[1] for f in factors if f is not None], dim=0)
+    mask = a.new_zeros(len(names), 1, a.shape[1])
+    start = 0
+    for name, f in zip(distinct, factors, strict=True):
+        assert f is not None
+        width = f[0].shape[1]
+        mask[[i for i, n in enumerate(names) if n == name], :, start : start + width] = 1.0
+        start += width
+    return a, b, mask
+
+
 class StackedLora:
-    """Owns the per-row LoRA of one serving model (a PeftModel); `use(names)` before a forward."""
+    """Owns the per-row LoRA of one model (a PeftModel); `use(names)` before a forward.
+
+    Serving keeps one for good; a training round attaches one for a sampling pass and
+    `detach`es it after, so that peft's own LoRA (which training differentiates) is back on.
+    """
 
     def __init__(self, peft_model: Any):
         self.model = peft_model
         self._names: list[str] | None = None
-        self._stacks: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stacks: dict[nn.Module, tuple[torch.Tensor, ...]] = {}
         self._hooked: dict[nn.Module, Any] = {}
 
     def refresh(self) -> None:
@@ -76,13 +109,21 @@ class StackedLora:
         self.model.base_model.disable_adapter_layers()
         self._names = None  # an adapter may have been replaced under the same name
 
+    def detach(self) -> None:
+        """Remove the hooks and give the model its own LoRA computation back."""
+        for hook in self._hooked.values():
+            hook.remove()
+        self._hooked, self._stacks, self._names = {}, {}, None
+        self.model.base_model.enable_adapter_layers()
+
     def use(self, names: Sequence[str]) -> None:
         """Stack the factors for this row order (kept while the batch stays the same)."""
         if self._names == list(names):
             return
+        stack = _side_by_side if len(set(names) - {BASE}) <= SHARED_ADAPTERS else _stack
         self._stacks = {}
         for module in self._hooked:
-            stacked = _stack(module, names)
+            stacked = stack(module, names)
             if stacked is not None:
                 self._stacks[module] = stacked
         self._names = list(names)
@@ -91,6 +132,10 @@ class StackedLora:
         stacked = self._stacks.get(module)
         if stacked is None:
             return output
+        if len(stacked) == 3:  # side by side: x @ A, each row's own columns, @ B
+            a, b, mask = stacked
+            x = inputs[0].to(a.dtype)  # (rows, seq, in)
+            return output + ((x @ a) * mask @ b).to(output.dtype)
         a, b = stacked
         x = inputs[0].to(a.dtype)  # (rows, seq, in)
         return output + torch.bmm(torch.bmm(x, a), b).to(output.dtype)

@@ -33,17 +33,18 @@ def sample(
     whether the model ended it. A reply the model ended carries its EOS, so the loss sees the
     stop it chose; an empty one is a lone EOS. Top-p is 1: PPO scores the full distribution."""
     settings = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
-    rows, ended = generation.last(
-        generation.stream_reply_tokens(
-            policy.generation_forward(adapter_names),
-            prompts,
-            settings,
-            seeds,
-            base.eos_ids,
-            base.tokenizer.pad_token_id,
-            base.device,
+    with policy.sampling_forward(adapter_names) as forward:
+        rows, ended = generation.last(
+            generation.stream_reply_tokens(
+                forward,
+                prompts,
+                settings,
+                seeds,
+                base.eos_ids,
+                base.tokenizer.pad_token_id,
+                base.device,
+            )
         )
-    )
     eos = base.tokenizer.eos_token_id
     replies = [list(r) + [eos] if e else list(r) for r, e in zip(rows, ended, strict=True)]
     return [r if r else [eos] for r in replies], list(ended)

@@ -89,10 +89,18 @@ def test_joined_and_merged_caches_give_the_same_next_token_as_separate_ones(
         assert both_cache.layers[0].keys.shape[2] == len(a) + 1
 
 
+@pytest.mark.parametrize("shared_adapters", [2, 0])
 def test_stacked_lora_matches_peft_mixed_batch(
-    asst: Assistant, alice: str, bob: str, tiny_model_dir: Path
+    asst: Assistant,
+    alice: str,
+    bob: str,
+    tiny_model_dir: Path,
+    shared_adapters: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The batched-matmul LoRA gives what peft's own per-row routing gives."""
+    """The batched-matmul LoRA gives what peft's own per-row routing gives, with the two
+    adapters' factors side by side (the default for two) and copied per row."""
+    monkeypatch.setattr("assistant.stacked_lora.SHARED_ADAPTERS", shared_adapters)
     publish_adapter(asst, tiny_model_dir, alice, 1, seed=1)
     publish_adapter(asst, tiny_model_dir, bob, 1, seed=2)
     ids = [asst.user(n).id for n in ("alice", "bob", "alice")] + ["nobody"]

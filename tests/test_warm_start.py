@@ -46,7 +46,7 @@ def test_dpo_moves_the_policy_toward_the_winner_and_away_from_the_loser(
     assert (margin > 0).all()  # ...because winners gained on losers against the base
 
 
-def test_the_unrouted_fast_path_computes_what_peft_routing_computes(
+def test_the_sampling_paths_compute_what_peft_routing_computes(
     policy: TrainablePolicy,
 ) -> None:
     from online_rl.policy import BASE, TRAINABLE
@@ -58,11 +58,16 @@ def test_the_unrouted_fast_path_computes_what_peft_routing_computes(
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 7, 8]])
     mask, positions = torch.ones_like(ids), torch.arange(4).repeat(2, 1)
     with torch.no_grad():
-        fast = policy.generation_forward([TRAINABLE])(ids[:1], mask[:1], positions[:1], None)
-        routed = policy.generation_forward([TRAINABLE, BASE])(ids, mask, positions, None)
-    fast, both = fast.logits, routed.logits
-    assert torch.allclose(fast[0], both[0], atol=1e-5)  # same adapter, same numbers
-    assert not torch.allclose(both[0], both[1], atol=1e-3)  # and the adapter does matter
+        with policy.sampling_forward([TRAINABLE]) as forward:
+            fast = forward(ids[:1], mask[:1], positions[:1], None).logits
+        with policy.sampling_forward([TRAINABLE, BASE]) as forward:
+            stacked = forward(ids, mask, positions, None).logits
+        routed = policy.peft(ids, attention_mask=mask, adapter_names=[TRAINABLE, BASE]).logits
+        after = policy.peft(ids[:1], attention_mask=mask[:1]).logits  # peft's LoRA is back
+    assert torch.allclose(fast[0], stacked[0], atol=1e-5)  # same adapter, same numbers
+    assert torch.allclose(stacked[:, -1], routed[:, -1], atol=1e-5)  # as peft's routing
+    assert torch.allclose(after[0, -1], fast[0, -1], atol=1e-5)
+    assert not torch.allclose(stacked[0], stacked[1], atol=1e-3)  # and the adapter does matter
 
 
 def test_rpo_adds_the_chosen_replies_cross_entropy_to_the_dpo_loss(
