@@ -26,6 +26,7 @@ BENCHMARKS = {
     "heads": "bench.heads",
     "compare": "bench.compare",
     "oracle": "bench.oracle",
+    "round-sampling": "bench.round_sampling",
 }
 
 
