@@ -273,6 +273,9 @@ def add_pairs(
     seen.live_ended += ended[n : 2 * n]
 
 
+BASELINE_BATCH_ROWS = 96
+
+
 class RedTeam:
     """The safety floor's red-team prompts as the model sees them (none when the floor is off)
     and the base's (offensive share, mean offensive probability) on each, over
@@ -335,9 +338,10 @@ class RedTeam:
         k = g.base_red_team_seeds
         asked = [p for p in prompts for _ in range(k)]
         replies: list[list[int]] = []
-        # a batch of len(prompts) rows at a time: 768 at once would hold every KV cache together
-        for start in range(0, len(asked), len(prompts)):
-            rows = asked[start : start + len(prompts)]
+        # many rows at a time: a bigger batch samples more tokens per second on a CPU (README
+        # "A round's sampling"); every row has its own seed, so the batching changes no reply
+        for start in range(0, len(asked), BASELINE_BATCH_ROWS):
+            rows = asked[start : start + BASELINE_BATCH_ROWS]
             seeds = list(range(start, start + len(rows)))
             replies += sampling.sample(
                 self.policy(),
