@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import sys
 import time
@@ -220,6 +221,32 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_undo(args: argparse.Namespace) -> int:
+    version = _assistant(args).undo_last_update(args.user)
+    where = f"v{version}" if version else "the base model"
+    print(f"user {args.user} now answers with {where}")
+    return 0
+
+
+def cmd_learning(args: argparse.Namespace) -> int:
+    asst = _assistant(args)
+    if args.action != "status":
+        asst.pause_learning(args.user, paused=args.action == "pause")
+    state = "paused" if asst.learning_paused(args.user) else "on"
+    print(f"learning for user {args.user}: {state}")
+    return 0
+
+
+def cmd_my_data(args: argparse.Namespace) -> int:
+    data = _assistant(args).my_data(args.user)
+    out = Path(args.out)
+    out.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(
+        f"wrote {out}: {len(data['conversations'])} conversations, {len(data['feedback'])} thumbs"
+    )
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench import BENCHMARKS, runner
 
@@ -360,6 +387,15 @@ def parser() -> argparse.ArgumentParser:
     rollback.add_argument("--user", required=True)
     rollback.add_argument("--version", type=int, required=True, help="0 = the bare base model")
 
+    undo = add("undo", cmd_undo, "put back the version a user's live one was trained from")
+    undo.add_argument("--user", required=True)
+    learning = add("learning", cmd_learning, "pause or resume learning from a user's clicks")
+    learning.add_argument("action", choices=["pause", "resume", "status"])
+    learning.add_argument("--user", required=True)
+    my_data = add("my-data", cmd_my_data, "write everything kept about a user as one JSON file")
+    my_data.add_argument("--user", required=True)
+    my_data.add_argument("--out", required=True, help="the JSON file to write")
+
     export = add("export", cmd_export, "write feedback as JSONL for TRL's trainers")
     export.add_argument("--user", default=None, help="only this user's feedback")
     export.add_argument("--out", required=True, help="output folder")
@@ -368,7 +404,8 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "name",
         help="which benchmark: quantize, personalize, chat-during-training, load, ppo-vs-trl, "
-        "serving, decode-variants, adaptation, footprint, gate, heads, compare, oracle",
+        "serving, decode-variants, adaptation, footprint, gate, heads, compare, oracle, "
+        "round-sampling",
     )
     bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)"

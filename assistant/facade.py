@@ -41,7 +41,7 @@ from assistant.errors import (
 from assistant.passwords import MIN_PASSWORD_CHARS, hash_password, verify_password
 from storage import adapters as adapter_files
 from storage import export as feedback_export
-from storage import records
+from storage import records, user_export
 from storage.db import Store, writing
 
 log = logging.getLogger(__name__)
@@ -351,10 +351,10 @@ class Assistant:
         return row
 
     def conversations(self, user: str) -> list[dict[str, Any]]:
-        """The user's conversations, newest first."""
+        """The user's conversations, newest first; `learn`: whether it teaches their assistant."""
         u = self.user(user)
         return [
-            {"id": r["id"], "title": r["title"], "created": r["created"]}
+            {"id": r["id"], "title": r["title"], "created": r["created"], "learn": bool(r["learn"])}
             for r in records.list_conversations(self.store.db, u.id)
         ]
 
@@ -675,6 +675,56 @@ class Assistant:
                 rows = {r["version"]: r for r in records.list_adapter_versions(db, u.id)}
                 self._check_restorable(user, version, rows.get(version))
             records.make_live(db, u.id, version or None, old_status="rolled_back")
+
+    # the user's own controls ------------------------------------------------------------------
+
+    def undo_last_update(self, user: str) -> int:
+        """Put back the version the live one was trained from (its parent; 0 is the base
+        model) and return it: the user's "undo". Refused, with the reason, when the user is on
+        the base model already or the parent's files are gone."""
+        u = self.user(user)
+        db = self.store.db
+        live = records.live_version(db, u.id)
+        if live == 0:
+            raise InvalidInput("nothing to undo: your assistant is the base model already")
+        row = next(r for r in records.list_adapter_versions(db, u.id) if r["version"] == live)
+        parent = row["parent"] or 0
+        self.rollback(user, parent)
+        return parent
+
+    def pause_learning(self, user: str, paused: bool = True) -> None:
+        """Stop learning from the user's clicks (paused=False: start again). Clicks made while
+        paused are kept and teach once learning resumes; a round queued before the pause is
+        skipped, with that reason."""
+        u = self.user(user)
+        if type(paused) is not bool:
+            raise InvalidInput(f"paused must be true or false, not {paused!r}")
+        records.set_learning_paused(self.store.db, u.id, paused)
+        if not paused:
+            self._clicked(u)  # clicks made while paused may be a round's worth
+
+    def learning_paused(self, user: str) -> bool:
+        return records.learning_paused(self.store.db, self.user(user).id)
+
+    def set_conversation_learning(self, user: str, conversation_id: str, learn: bool) -> None:
+        """Whether this conversation may teach the user's assistant: with learn=False its
+        messages and clicks stay stored and shown, and no round ever trains on them (nor
+        counts them toward the next round); True lets them teach again."""
+        u = self.user(user)
+        if type(learn) is not bool:
+            raise InvalidInput(f"learn must be true or false, not {learn!r}")
+        self._conversation(u, conversation_id)
+        records.set_conversation_learn(self.store.db, conversation_id, learn)
+        if learn:
+            self._clicked(u)
+
+    def conversation_learns(self, user: str, conversation_id: str) -> bool:
+        """Whether this conversation of the user's teaches their assistant."""
+        return bool(self._conversation(self.user(user), conversation_id)["learn"])
+
+    def my_data(self, user: str) -> dict[str, Any]:
+        """Everything kept about the user, as JSON-ready data (`storage.user_export`)."""
+        return user_export.user_data(self.store.db, self.user(user).id)
 
     @staticmethod
     def _check_restorable(user: str, version: int, row: records.Row | None) -> None:

@@ -254,6 +254,9 @@ class Trainer:
         torch.manual_seed(rng.randrange(2**31))
         laps = Laps()
 
+        if records.learning_paused(db, user_id):  # paused after the round was queued
+            return skipped("learning is paused: the user turned it off", {})
+
         # 1. reward heads ---------------------------------------------------------------------
         mine = user_feedback(db, user_id, cfg.safety)
         counts = mine.counts()

@@ -90,7 +90,10 @@ class TrainingScheduler:
         return records.feedback_events_since(db, user_id, last["started"] if last else None)
 
     def notify(self, user_id: str) -> bool:
-        """Called after each click; queues a round once enough clicks have come in."""
+        """Called after each click; queues a round once enough clicks that teach have come in
+        (none while the user has paused learning)."""
+        if records.learning_paused(self.store.db, user_id):
+            return False
         if self._new_events(user_id) < self.config.events_per_round:
             return False
         return self.queue(user_id)

@@ -230,6 +230,14 @@ def m008_kl_coefficient(db: Database) -> None:
     )
 
 
+@migrations()
+def m009_learning_controls(db: Database) -> None:
+    """What a user decides about their own learning: a pause (clicks are kept, no round runs)
+    and conversations that do not teach (their messages and clicks are kept, never trained on)."""
+    db["users"].add_column("learning_paused", int, not_null_default=0)
+    db["conversations"].add_column("learn", int, not_null_default=1)
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

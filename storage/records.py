@@ -94,6 +94,15 @@ def delete_user(db: Database, user_id: str) -> None:
         db.execute("delete from users where id = ?", [user_id])
 
 
+def set_learning_paused(db: Database, user_id: str, paused: bool) -> None:
+    db["users"].update(user_id, {"learning_paused": int(paused)})
+
+
+def learning_paused(db: Database, user_id: str) -> bool:
+    row = _first(db, "select learning_paused from users where id = ?", [user_id])
+    return bool(row and row["learning_paused"])
+
+
 def name_retired(db: Database, name: str) -> bool:
     """Whether a deleted account used this name (it is never given out again)."""
     return _first(db, "select name from retired_names where name = ?", [name]) is not None
@@ -116,6 +125,11 @@ def list_conversations(db: Database, user_id: str) -> list[Row]:
     return list(
         db.query("select * from conversations where user_id = ? order by created desc", [user_id])
     )
+
+
+def set_conversation_learn(db: Database, conversation_id: str, learn: bool) -> None:
+    """Whether the conversation's messages and clicks may train its user's assistant."""
+    db["conversations"].update(conversation_id, {"learn": int(learn)})
 
 
 def conversation_messages(db: Database, conversation_id: str) -> list[Row]:
@@ -415,27 +429,40 @@ def last_training_run(db: Database, user_id: str) -> Row | None:
     )
 
 
+_TEACHING_THUMBS = (
+    "select count(*) as n from feedback f join messages m on m.id = f.message_id "
+    "join conversations c on c.id = m.conversation_id where c.learn"
+)
+_TEACHING_CHOICES = (
+    "select count(*) as n from pairs p join conversations c on c.id = p.conversation_id "
+    "where c.learn"
+)
+
+
 def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
-    """Clicks (thumbs, changes of mind, A/B choices) the user made after `since`."""
+    """Clicks (thumbs, changes of mind, A/B choices) the user made after `since`, in
+    conversations that teach."""
     since = since or ""
-    thumbs = _first(
-        db, "select count(*) as n from feedback where user_id = ? and updated > ?", [user_id, since]
-    )
+    thumbs = _first(db, _TEACHING_THUMBS + " and f.user_id = ? and f.updated > ?", [user_id, since])
     choices = _first(
-        db, "select count(*) as n from pairs where user_id = ? and chosen_at > ?", [user_id, since]
+        db, _TEACHING_CHOICES + " and p.user_id = ? and p.chosen_at > ?", [user_id, since]
     )
     return (thumbs["n"] if thumbs else 0) + (choices["n"] if choices else 0)
 
 
 def users_with_feedback_since_last_run(db: Database) -> list[str]:
-    """Ids of users who clicked anything after the start of their latest training run."""
+    """Ids of users, learning not paused, who clicked anything in a conversation that teaches
+    after the start of their latest training run."""
     sql = """
     with last as (select user_id, max(started) as started from training_runs group by user_id)
     select u.id from users u left join last on last.user_id = u.id
-    where exists (select 1 from feedback f where f.user_id = u.id
-                  and f.updated > coalesce(last.started, ''))
-       or exists (select 1 from pairs p where p.user_id = u.id
-                  and p.chosen_at > coalesce(last.started, ''))
+    where not u.learning_paused and (
+        exists (select 1 from feedback f join messages m on m.id = f.message_id
+                join conversations c on c.id = m.conversation_id
+                where f.user_id = u.id and c.learn and f.updated > coalesce(last.started, ''))
+        or exists (select 1 from pairs p join conversations c on c.id = p.conversation_id
+                   where p.user_id = u.id and c.learn
+                   and p.chosen_at > coalesce(last.started, '')))
     """
     return [r["id"] for r in db.query(sql)]
 
@@ -444,11 +471,13 @@ def users_with_feedback_since_last_run(db: Database) -> list[str]:
 
 
 def user_prompts(db: Database, user_id: str, limit: int) -> list[Row]:
-    """The user's most recent messages (role user), newest first: what rollouts sample from."""
+    """The user's most recent messages (role user) in conversations that teach, newest first:
+    what rollouts sample from."""
     return list(
         db.query(
-            "select * from messages where user_id = ? and role = 'user' "
-            "order by created desc, seq desc limit ?",
+            "select m.* from messages m join conversations c on c.id = m.conversation_id "
+            "where m.user_id = ? and m.role = 'user' and c.learn "
+            "order by m.created desc, m.seq desc limit ?",
             [user_id, limit],
         )
     )
@@ -580,10 +609,11 @@ def put_red_team_baseline(
 
 
 def rated_replies(db: Database, user_id: str | None = None) -> list[Row]:
-    """Replies with a standing thumb (retractions excluded), oldest first."""
+    """Replies with a standing thumb (retractions excluded) in conversations that teach,
+    oldest first."""
     sql = (
         "select m.*, f.thumb, f.reason from feedback f join messages m on m.id = f.message_id "
-        "where f.thumb != 0"
+        "join conversations c on c.id = m.conversation_id where f.thumb != 0 and c.learn"
     )
     params: list[Any] = []
     if user_id is not None:
@@ -607,13 +637,16 @@ def recent_replies(db: Database, limit: int) -> list[Row]:
 
 
 def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
-    """A/B pairs that have a winner, oldest first."""
-    sql = "select * from pairs where winner is not null"
+    """A/B pairs that have a winner, in conversations that teach, oldest first."""
+    sql = (
+        "select p.* from pairs p join conversations c on c.id = p.conversation_id "
+        "where p.winner is not null and c.learn"
+    )
     params: list[Any] = []
     if user_id is not None:
-        sql += " and user_id = ?"
+        sql += " and p.user_id = ?"
         params.append(user_id)
-    return list(db.query(sql + " order by chosen_at", params))
+    return list(db.query(sql + " order by p.chosen_at", params))
 
 
 # what the model sees ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 import sys
@@ -26,6 +27,9 @@ SUBCOMMANDS = [
     ["train"],
     ["versions"],
     ["rollback"],
+    ["undo"],
+    ["learning"],
+    ["my-data"],
     ["export"],
     ["bench"],
     ["provision"],
@@ -215,3 +219,22 @@ def test_terminal_chat(tmp_path: Path, tiny_model_dir: Path) -> None:
         "(thumbs up saved)" in out and "(thumbs down saved)" in out and "(rating retracted)" in out
     )
     assert "(new conversation)" in out and out.count("attune> ") == 2
+
+
+def test_learning_undo_and_my_data_commands(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = ["--data-dir", str(tmp_path), "--model", str(tiny_model_dir)]
+    main(["user", "add", "joe", *data])
+    assert main(["learning", "pause", "--user", "joe", *data]) == 0
+    assert "paused" in capsys.readouterr().out
+    assert main(["learning", "status", "--user", "joe", *data]) == 0
+    assert "paused" in capsys.readouterr().out
+    assert main(["learning", "resume", "--user", "joe", *data]) == 0
+    assert ": on" in capsys.readouterr().out
+    assert main(["undo", "--user", "joe", *data]) == EXIT_ERROR
+    assert "nothing to undo" in capsys.readouterr().err
+    out = tmp_path / "joe.json"
+    assert main(["my-data", "--user", "joe", "--out", str(out), *data]) == 0
+    assert json.loads(out.read_text())["user"]["name"] == "joe"
+    assert main(["my-data", "--user", "nobody", "--out", str(out), *data]) == EXIT_ERROR

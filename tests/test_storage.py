@@ -38,6 +38,7 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m006_trainer_state",
         "m007_feature_kinds",
         "m008_kl_coefficient",
+        "m009_learning_controls",
     ]
 
 
@@ -235,3 +236,25 @@ def test_the_kl_coefficient_moves_from_the_metrics_to_a_column(tmp_path: Path) -
     assert records.version_kl_coef(db, user_id, 9) is None
     records.add_adapter_version(db, user_id, 4, "p4", 1, "rejected", "why", {}, kl_coef=0.04)
     assert records.version_kl_coef(db, user_id, 4) == 0.04
+
+
+def test_m009_keeps_everyone_learning_from_every_conversation(tmp_path: Path) -> None:
+    """m009: accounts and conversations from before it keep learning (the defaults); the
+    flags then switch one user and one conversation."""
+    from sqlite_utils import Database
+
+    from storage.db import migrations
+
+    path = tmp_path / "attune.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m009_learning_controls")
+    user_id = records.add_user(db, "u", None, "user")["id"]
+    conversation = records.add_conversation(db, user_id, "before the controls")["id"]
+    db.close()
+    db = connect(path)
+    assert not records.learning_paused(db, user_id)
+    assert records.get_conversation(db, conversation)["learn"] == 1
+    records.set_learning_paused(db, user_id, True)
+    records.set_conversation_learn(db, conversation, False)
+    assert records.learning_paused(db, user_id)
+    assert records.get_conversation(db, conversation)["learn"] == 0
