@@ -12,6 +12,7 @@ installs with apt. Without it this test fails, loudly: it is never skipped.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,4 +225,80 @@ def test_sign_in_chat_thumbs_choice_and_operator_plot(
         "4-reload-and-retract.png",
         "5-ab-choice.png",
         "6-operator-trend.png",
+    ]
+
+
+def test_the_users_controls_in_a_real_browser(
+    app: tuple[Assistant, str], browser, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Pause learning, a conversation that does not teach, undo the last update (it asks
+    first), download my data, and deleting an account (it needs the password)."""
+    from tests.test_adapters import publish_adapter
+
+    asst, url = app
+    shots = Screenshots(tmp_path / "screenshots")
+    shots.folder.mkdir()
+    print(f"screenshots: {shots.folder}")
+    publish_adapter(asst, tiny_model_dir, "alice", 1, seed=1)
+
+    with shots.step("1-pause-learning"):
+        page = shots.page = sign_in(browser, url, "alice")
+        page.locator("#assistant-panel").get_by_text("version 1").wait_for()
+        page.get_by_label("Pause learning").check()
+        eventually(lambda: asst.learning_paused("alice"), "the pause in storage")
+        page.locator("#assistant-panel").get_by_text("paused by you").wait_for()
+        page.reload()  # the box comes back ticked from storage
+        page.locator("#assistant-panel").get_by_text("paused by you").wait_for()
+        page.wait_for_function("() => document.querySelector('#pause-learning input').checked")
+        page.get_by_label("Pause learning").uncheck()
+        eventually(lambda: not asst.learning_paused("alice"), "learning resumed")
+
+    with shots.step("2-conversation-that-does-not-teach"):
+        page.get_by_label("Learn from this conversation").uncheck()  # before the first message
+        box = page.locator("#message textarea")
+        box.fill("Something I do not want it to learn from")
+        box.press("Enter")
+        stored = eventually(lambda: asst.conversations("alice"), "the conversation")[0]
+        eventually(
+            lambda: asst.conversations("alice")[0]["learn"] is False, "the conversation's flag"
+        )
+        assert stored["title"].startswith("Something I do not want")
+
+    with shots.step("3-undo-asks-then-undoes"):
+        page.get_by_role("button", name="Undo last update").click()
+        page.locator("#controls-note").get_by_text("Confirm below").wait_for()
+        assert asst.versions("alice")[0]["status"] == "live"  # asking changed nothing
+        page.get_by_role("button", name="Yes, undo it").click()
+        page.locator("#controls-note").get_by_text("the base model again").wait_for()
+        assert asst.versions("alice")[0]["status"] == "rolled_back"
+        page.locator("#assistant-panel").get_by_text("nothing learned yet").wait_for()
+
+    with shots.step("4-download-my-data"):
+        page.get_by_role("button", name="Download my data").click()
+        link = page.locator("#my-data a[download]").first
+        link.wait_for()
+        with page.expect_download() as download:
+            link.click()
+        saved = tmp_path / "my-data.json"
+        download.value.save_as(saved)
+        data = json.loads(saved.read_text())
+        assert data["user"]["name"] == "alice" and data["conversations"][0]["learn"] is False
+    page.close()
+
+    with shots.step("5-delete-account"):
+        page = shots.page = sign_in(browser, url, "bob")
+        page.get_by_label("Your password, to delete your account").fill("wrong")
+        page.get_by_role("button", name="Delete my account").click()
+        page.get_by_text("That is not your password").first.wait_for()
+        assert "bob" in {u.name for u in asst.users()}
+        page.get_by_label("Your password, to delete your account").fill(PASSWORDS["bob"])
+        page.get_by_role("button", name="Delete my account").click()
+        page.get_by_label("username").wait_for()  # signed out, back at the sign-in page
+        assert "bob" not in {u.name for u in asst.users()}
+    assert sorted(p.name for p in shots.folder.iterdir()) == [
+        "1-pause-learning.png",
+        "2-conversation-that-does-not-teach.png",
+        "3-undo-asks-then-undoes.png",
+        "4-download-my-data.png",
+        "5-delete-account.png",
     ]

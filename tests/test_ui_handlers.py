@@ -5,6 +5,7 @@ built app's wiring (api names, cancelled streams, one message at a time per page
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import replace
@@ -435,3 +436,51 @@ def test_a_thumb_counts_though_the_browser_drops_tabs_newlines_and_control_chara
     users.store.db["messages"].update(reply["message_id"], {"text": "Line one\n\tline\x01 two"})
     chat.like(reply["conversation_id"], "", as_user("alice"), like(1, True, "Line one line two"))
     assert records.get_feedback(users.store.db, reply["message_id"])["thumb"] == 1
+
+
+def test_the_users_controls(users: Assistant, tiny_model_dir: Path) -> None:
+    """Pause, a conversation that does not teach, undo, reset, download, delete: each through
+    its handler as the signed-in user, each refusal readable."""
+    from tests.test_adapters import publish_adapter
+    from ui.controls import WRONG_PASSWORD, Controls
+
+    controls, alice = Controls(users), as_user("alice")
+    assert "paused" in controls.pause(True, alice) and controls.paused(alice)
+    assert "paused by you" in describe(users, "alice")
+    assert "resumed" in controls.pause(False, alice) and not users.learning_paused("alice")
+
+    reply = chat_once(Chat(users, FAST), "alice", "keep this one out")
+    conversation = reply["conversation_id"]
+    assert controls.learns(conversation, alice) and controls.learns("", alice)
+    assert "never teaches" in controls.learn_here(conversation, False, alice)
+    assert not controls.learns(conversation, alice)
+    controls.learn_here(conversation, True, alice)
+    controls.apply_learn_here(conversation, False, alice)  # a new conversation, box unticked
+    assert users.conversations("alice")[0]["learn"] is False
+    with pytest.raises(gr.Error):  # bob cannot switch alice's conversation
+        controls.learn_here(conversation, True, as_user("bob"))
+
+    with pytest.raises(gr.Error, match="nothing to undo"):
+        controls.undo(alice)
+    with pytest.raises(gr.Error, match="base model already"):
+        controls.reset(alice)
+    publish_adapter(users, tiny_model_dir, "alice", 1, seed=1)
+    confirm, asked = controls.ask_undo()
+    assert confirm.visible and "Confirm" in asked
+    confirm, said = controls.undo(alice)
+    assert not confirm.visible and "base model" in said
+    assert users.versions("alice")[0]["status"] == "rolled_back"
+    users.rollback("alice", 1)
+    confirm, said = controls.reset(alice)
+    assert "base model" in said and not any(v["status"] == "live" for v in users.versions("alice"))
+
+    downloaded = controls.download(alice)
+    data = json.loads(Path(downloaded.value["path"]).read_text())
+    assert data["user"]["name"] == "alice" and len(data["conversations"]) == 1
+
+    before = row_counts(users)
+    with pytest.raises(gr.Error, match=WRONG_PASSWORD):
+        controls.delete_account("not-her-password", alice)
+    assert row_counts(users) == before
+    assert "deleted" in controls.delete_account("alice-password", alice)
+    assert "alice" not in {u.name for u in users.users()}

@@ -3,7 +3,9 @@ operator.py, and call only the `Assistant` facade.
 
 Every event has an `api_name`. The public ones are what `gradio_client.Client(url,
 auth=(name, password))` drives: chat, rate, compare, choose, new_conversation,
-open_conversation, assistant_panel, and the operator's operator_data, rollback and train_now.
+open_conversation, assistant_panel; the user's controls learning_paused, pause_learning,
+learn_from_conversation, undo_last_update, reset_to_base, my_data, delete_my_account; and the
+operator's operator_data, rollback and train_now.
 The rest (the thumbs of the chat, the four choice buttons, refreshes) are private: they need
 the browser's event data or only repeat a public endpoint.
 
@@ -29,6 +31,7 @@ from assistant import Assistant
 from ui.chat import Chat
 from ui.compare import HELP, WINNERS, Compare
 from ui.config import ServeConfig
+from ui.controls import Controls
 from ui.operator import Operator
 from ui.panel import Panel
 
@@ -40,11 +43,12 @@ PRIVATE = {"api_visibility": "private"}
 
 def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
     """The whole web app for one facade; launch it with `ui.serve.launch`."""
-    chat, compare, panel, ops = (
+    chat, compare, panel, ops, controls = (
         Chat(asst, config),
         Compare(asst, config),
         Panel(asst),
         Operator(asst, config),
+        Controls(asst),
     )
     with gr.Blocks(title="attune", analytics_enabled=False) as app:
         with gr.Row():
@@ -83,6 +87,11 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                         choices=["", *config.reasons],
                         value="",
                         allow_custom_value=True,
+                    )
+                    learn_box = gr.Checkbox(
+                        label="Learn from this conversation (untick: it is kept, never taught)",
+                        value=True,
+                        elem_id="learn-here",
                     )
                     last_reply = gr.JSON(visible=False, label="last reply")
                 with gr.Tab("Compare", id="compare"):
@@ -144,6 +153,25 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             with gr.Column(scale=1, min_width=220):
                 panel_text = gr.Markdown(elem_id="assistant-panel")
                 panel_timer = gr.Timer(config.refresh_seconds)
+                with gr.Accordion("Your controls", open=True):
+                    pause_box = gr.Checkbox(label="Pause learning", elem_id="pause-learning")
+                    undo_button = gr.Button("Undo last update", size="sm")
+                    undo_confirm = gr.Button(
+                        "Yes, undo it", variant="stop", size="sm", visible=False
+                    )
+                    reset_button = gr.Button("Reset to the base model", size="sm")
+                    reset_confirm = gr.Button(
+                        "Yes, reset", variant="stop", size="sm", visible=False
+                    )
+                    download_button = gr.Button("Download my data", size="sm")
+                    my_data_file = gr.File(
+                        label="Your data", visible=False, interactive=False, elem_id="my-data"
+                    )
+                    delete_password = gr.Textbox(
+                        label="Your password, to delete your account", type="password"
+                    )
+                    delete_button = gr.Button("Delete my account", variant="stop", size="sm")
+                    controls_note = gr.Markdown(elem_id="controls-note")
 
         refresh_panel = {"fn": panel.render, "outputs": panel_text, **QUICK, **PRIVATE}
         dashboard = {
@@ -164,7 +192,7 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
         }
 
         # page load: history from storage, the panel, the operator tab for operators only
-        app.load(
+        restored = app.load(
             chat.restore,
             outputs=[chatbot, conversation_id, conversations],
             api_name="restore",
@@ -192,7 +220,7 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             trigger_mode="once",
         )
         replying.then(**refresh_panel, api_name="panel_after_chat")
-        gr.on(
+        starting = gr.on(
             [new_button.click, chatbot.clear],  # clearing the chat starts a new conversation
             chat.new,
             outputs=[chatbot, conversation_id, conversations],
@@ -200,7 +228,7 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             cancels=[replying],
             **QUICK,
         )
-        conversations.input(
+        opening = conversations.input(
             chat.open,
             inputs=conversations,
             outputs=[chatbot, conversation_id],
@@ -238,6 +266,68 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                 **PRIVATE,
             ).then(**refresh_panel, api_name=f"panel_after_choose_{winner}")
         gr.api(compare.choose, api_name="choose", concurrency_limit=None)
+
+        # the user's controls
+        opened = {"fn": controls.learns, "inputs": conversation_id, "outputs": learn_box}
+        app.load(controls.paused, outputs=pause_box, api_name="learning_paused", **QUICK)
+        pause_box.input(
+            controls.pause,
+            inputs=pause_box,
+            outputs=controls_note,
+            api_name="pause_learning",
+            **QUICK,
+        ).then(**refresh_panel, api_name="panel_after_pause")
+        learn_box.input(
+            controls.learn_here,
+            inputs=[conversation_id, learn_box],
+            outputs=controls_note,
+            api_name="learn_from_conversation",
+            **QUICK,
+        )
+        replying.then(
+            controls.apply_learn_here,
+            inputs=[conversation_id, learn_box],
+            api_name="learn_after_chat",
+            **QUICK,
+            **PRIVATE,
+        )
+        restored.then(**opened, api_name="learns_after_restore", **QUICK, **PRIVATE)
+        opening.then(**opened, api_name="learns_after_open", **QUICK, **PRIVATE)
+        starting.then(**opened, api_name="learns_after_new", **QUICK, **PRIVATE)
+        undo_button.click(
+            controls.ask_undo,
+            outputs=[undo_confirm, controls_note],
+            api_name="ask_undo",
+            **QUICK,
+            **PRIVATE,
+        )
+        undo_confirm.click(
+            controls.undo,
+            outputs=[undo_confirm, controls_note],
+            api_name="undo_last_update",
+            **QUICK,
+        ).then(**refresh_panel, api_name="panel_after_undo")
+        reset_button.click(
+            controls.ask_reset,
+            outputs=[reset_confirm, controls_note],
+            api_name="ask_reset",
+            **QUICK,
+            **PRIVATE,
+        )
+        reset_confirm.click(
+            controls.reset,
+            outputs=[reset_confirm, controls_note],
+            api_name="reset_to_base",
+            **QUICK,
+        ).then(**refresh_panel, api_name="panel_after_reset")
+        download_button.click(controls.download, outputs=my_data_file, api_name="my_data", **QUICK)
+        delete_button.click(
+            controls.delete_account,
+            inputs=delete_password,
+            outputs=controls_note,
+            api_name="delete_my_account",
+            **QUICK,
+        ).success(None, js="() => { window.location.href = '/logout'; }")
 
         # operator
         gr.on([refresh_button.click, picked.input], **dashboard, api_name="operator_data")

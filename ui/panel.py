@@ -45,6 +45,8 @@ def describe(asst: Assistant, user: str) -> str:
         if asst.background
         else "no background training in this server"
     )
+    if asst.learning_paused(user):
+        training = "paused by you (your clicks are kept; they teach once you resume)"
     answering = f"version {version}" if version else "the base model (nothing learned yet)"
     return "\n".join(
         [

@@ -56,6 +56,11 @@ NO_DATA = {"__type__", "visible", "active"}  # an update that only hides a tab o
 # opens an empty chat; an operator's first view and tab are hidden from everyone else.
 NOTHING_TO_REFUSE = {
     ("open_conversation", "empty"),
+    # no conversation yet: the box is only remembered on the page, nothing is stored
+    ("learn_from_conversation True", "empty"),
+    ("learn_from_conversation False", "empty"),
+    ("learn_after_chat", "empty"),
+    ("learns_after_open", "empty"),  # a new conversation learns
     *(("operator_first_view", picked) for picked in ("alice", "bob", "")),
     ("operator_start", "-"),
 }
@@ -176,6 +181,12 @@ def id_attempts(world: World, bob: Client, page: httpx.Client) -> list[Attempt]:
         }
         out |= {f"choose {w}": predicted(bob, "/choose", i, w) for w in WINNERS}
         out["open_conversation"] = predicted(bob, "/open_conversation", i)
+        out |= {  # a conversation that does not teach: public, then the page's private ones
+            f"learn_from_conversation {learn}": predicted(bob, "/learn_from_conversation", i, learn)
+            for learn in (True, False)
+        }
+        out["learn_after_chat"] = queued(page, index["learn_after_chat"], [i, False])
+        out["learns_after_open"] = queued(page, index["learns_after_open"], [i])
         if i:  # an empty conversation id starts a conversation of bob's own: not an attack
             out["chat"] = predicted(bob, "/chat", "let me continue this", i)
         out |= {  # private: the chat's thumbs, with the browser's event data
