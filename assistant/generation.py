@@ -117,47 +117,30 @@ class Sample:
     finished: bool  # the model ended it (EOS) rather than the token limit
 
 
-NUCLEUS_CANDIDATES = 1024  # top-p looks among this many likeliest tokens first (see `_nucleus`)
-
-
-def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each row's smallest set of likeliest tokens whose mass reaches top_p: the candidates'
-    probabilities (zero outside the set, not renormalised) and their token ids, or the
-    probabilities themselves and None at top_p 1.
-
-    Sorting a whole vocabulary per row per step cost more than a small model's forward at a
-    batch of 32; the nucleus is exact from the `NUCLEUS_CANDIDATES` likeliest tokens whenever
-    they hold top_p of the mass (almost always at chat temperatures), else every row is sorted.
-    """
+def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Zero the tail of each row outside the smallest set whose mass reaches top_p."""
     if top_p >= 1.0:
-        return probs, None
-    k = min(probs.shape[-1], NUCLEUS_CANDIDATES)
-    top, ids = probs.topk(k, dim=-1)  # descending
-    if k < probs.shape[-1] and bool((top.sum(-1) < top_p).any()):
-        top, ids = probs.sort(dim=-1, descending=True)
-    mass_before = top.cumsum(dim=-1) - top
-    return top.masked_fill(mass_before >= top_p, 0.0), ids
+        return probs
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+    sorted_probs[mass_before >= top_p] = 0.0
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
 
 
 def next_tokens(
     logits: torch.Tensor, settings: GenerationConfig, generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
-    """Pick one token per row: greedy at temperature 0, else sample with that row's generator.
-
-    A row's draw is one uniform number from its own generator, placed on the cumulative
-    distribution (in float64, so no token's share is lost to rounding): the same seed gives
-    the same token whatever else is in the batch, at the cost of one vectorised cumsum rather
-    than a `torch.multinomial` per row (which drew one random number per vocabulary entry).
-    """
+    """Pick one token per row: greedy at temperature 0, else sample with that row's generator."""
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
-    weights, ids = _nucleus(probs, settings.top_p)
-    uniform = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
-    cdf = weights.cumsum(dim=-1, dtype=torch.float64)
-    target = uniform.to(cdf.device)[:, None] * cdf[:, -1:]
-    picks = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[-1] - 1)
-    return (picks if ids is None else ids.gather(-1, picks)).squeeze(-1)
+    probs = _top_p_filter(probs, settings.top_p)
+    picks = [
+        torch.multinomial(probs[row].cpu(), 1, generator=generator)
+        for row, generator in enumerate(generators)
+    ]
+    return torch.cat(picks).to(logits.device)
 
 
 def left_pad(

@@ -12,7 +12,7 @@ from assistant import Assistant, InvalidInput
 from assistant.config import GenerationConfig
 from assistant.generation import (
     ZERO_WIDTH_SPACE,
-    _nucleus,
+    _top_p_filter,
     bind_forward,
     escape_special_tokens,
     left_pad,
@@ -87,21 +87,12 @@ def test_system_prompt_replaces_the_default(tiny) -> None:
     assert "Be brief." in text and "tiny test assistant" not in text
 
 
-def test_top_p_keeps_the_smallest_nucleus(monkeypatch: pytest.MonkeyPatch) -> None:
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]])
-    weights, ids = _nucleus(probs, 0.75)
-    assert ids is not None
-    kept = torch.zeros_like(probs).scatter(-1, ids, weights)
-    assert torch.equal(kept, torch.tensor([[0.5, 0.3, 0.0, 0.0], [0.0, 0.0, 0.3, 0.5]]))
-    assert _nucleus(probs, 1.0) == (probs, None)
-    weights, ids = _nucleus(probs, 0.01)
-    assert ids is not None and weights[0].tolist() == [0.5, 0.0, 0.0, 0.0]
-    # when the first candidates hold too little mass, every row is sorted in full: same set
-    monkeypatch.setattr("assistant.generation.NUCLEUS_CANDIDATES", 2)
-    weights, ids = _nucleus(probs, 0.9)
-    assert ids is not None
-    kept = torch.zeros_like(probs).scatter(-1, ids, weights)
-    assert torch.equal(kept, torch.tensor([[0.5, 0.3, 0.15, 0.0], [0.0, 0.15, 0.3, 0.5]]))
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = _top_p_filter(probs.clone(), 0.75)
+    assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    assert torch.equal(_top_p_filter(probs.clone(), 1.0), probs)
+    assert _top_p_filter(probs.clone(), 0.01)[0, 0] == 1.0
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
