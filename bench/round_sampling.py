@@ -7,9 +7,10 @@ non-zero candidate and a different live adapter, on one-turn prompts and on prom
 a conversation (as a user's held-out prompts do), by two routes, alternated per repeat so that
 the machine's drift hits both alike:
 
-- before: the round's sampling as it was: peft's per-row adapter routing for mixed batches,
-  transformers' DynamicCache (each step copies the whole cache), `torch.multinomial` per row;
-- after: `sampling.sample` as it is.
+- before: the round's sampling as it was: peft's per-row adapter routing for mixed batches and
+  transformers' DynamicCache (each step copies the whole cache);
+- after: `sampling.sample` as it is (the stacked LoRA of serving, a cache that grows by
+  doubling). Both draw tokens the same way (`torch.multinomial` per row).
 
 The figure that matters is the ratio within the run (README "Rounds: where the time goes").
 """

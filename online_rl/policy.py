@@ -241,8 +241,8 @@ class TrainablePolicy:
         A batch on the trainable adapter alone runs peft as it is. A mixed one (the gate's
         candidate and live replies side by side) gets each row's LoRA the way serving adds it
         (`assistant.stacked_lora`): peft's own per-row routing slices the batch per adapter in
-        every layer and cost 15% of a 32-row gate stage. Afterwards peft computes the LoRA
-        again, for the training steps that differentiate it.
+        every layer (README "A round's sampling" measures the difference). Afterwards peft
+        computes the LoRA again, for the training steps that differentiate it.
         """
         if set(adapter_names) == {TRAINABLE}:
             yield bind_forward(self.peft)
