@@ -727,6 +727,21 @@ class Assistant:
         """Whether this conversation of the user's teaches their assistant."""
         return bool(self._conversation(self.user(user), conversation_id)["learn"])
 
+    def thumbs_by_version(self, user: str) -> list[dict[str, Any]]:
+        """Per version of the user's assistant that wrote replies they rated (0 = the base),
+        oldest first: thumbs up, thumbs down, and the share up — does each version please
+        them more than the last?"""
+        rows = records.thumbs_by_version(self.store.db, self.user(user).id)
+        return [
+            {
+                "version": r["adapter_version"],
+                "up": r["up"],
+                "down": r["down"],
+                "share_up": r["up"] / (r["up"] + r["down"]),
+            }
+            for r in rows
+        ]
+
     def my_data(self, user: str) -> dict[str, Any]:
         """Everything kept about the user, as JSON-ready data (`storage.user_export`)."""
         return user_export.user_data(self.store.db, self.user(user).id)
@@ -761,6 +776,7 @@ class Assistant:
                     "finished": run["finished"],
                     "outcome": run["outcome"],
                     "version": run["version"],
+                    "reason": run["reason"],
                     **metrics,
                 }
             )

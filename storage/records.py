@@ -215,6 +215,20 @@ def get_feedback(db: Database, message_id: str) -> Row | None:
     return _first(db, "select * from feedback where message_id = ?", [message_id])
 
 
+def thumbs_by_version(db: Database, user_id: str) -> list[Row]:
+    """The user's standing thumbs per version of their assistant that wrote the reply
+    (0 = the base model), oldest version first: `adapter_version`, `up`, `down`."""
+    return list(
+        db.query(
+            "select m.adapter_version, sum(f.thumb = 1) as up, sum(f.thumb = -1) as down "
+            "from feedback f join messages m on m.id = f.message_id "
+            "where f.user_id = ? and f.thumb != 0 group by m.adapter_version "
+            "order by m.adapter_version",
+            [user_id],
+        )
+    )
+
+
 def feedback_counts(db: Database, user_id: str) -> dict[str, int]:
     """The user's standing thumbs (retractions not counted) and decided A/B choices."""
     thumbs = _first(

@@ -244,6 +244,8 @@ def test_the_users_controls_in_a_real_browser(
     with shots.step("1-pause-learning"):
         page = shots.page = sign_in(browser, url, "alice")
         page.locator("#assistant-panel").get_by_text("version 1").wait_for()
+        page.locator("#assistant-panel").get_by_text("My trend").wait_for()
+        assert page.locator("#assistant-panel").get_by_text("not adopted").count() > 0
         page.get_by_label("Pause learning").check()
         eventually(lambda: asst.learning_paused("alice"), "the pause in storage")
         page.locator("#assistant-panel").get_by_text("paused by you").wait_for()
@@ -252,6 +254,7 @@ def test_the_users_controls_in_a_real_browser(
         page.wait_for_function("() => document.querySelector('#pause-learning input').checked")
         page.get_by_label("Pause learning").uncheck()
         eventually(lambda: not asst.learning_paused("alice"), "learning resumed")
+        page.locator("#assistant-panel").get_by_text("paused by you").wait_for(state="detached")
 
     with shots.step("2-conversation-that-does-not-teach"):
         page.get_by_label("Learn from this conversation").uncheck()  # before the first message

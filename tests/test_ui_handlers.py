@@ -484,3 +484,38 @@ def test_the_users_controls(users: Assistant, tiny_model_dir: Path) -> None:
     assert row_counts(users) == before
     assert "deleted" in controls.delete_account("alice-password", alice)
     assert "alice" not in {u.name for u in users.users()}
+
+
+def test_my_trend_says_thumbs_per_version_and_each_round_in_words(users: Assistant) -> None:
+    from ui.panel import ROUND_WORDS, round_in_words, trend
+
+    chat = Chat(users, FAST)
+    for thumb in (1, 1, -1):
+        users.rate("alice", chat_once(chat, "alice", f"rate me {thumb}")["message_id"], thumb)
+    assert users.thumbs_by_version("alice") == [
+        {"version": 0, "up": 2, "down": 1, "share_up": 2 / 3}
+    ]
+    db, user_id = users.store.db, users.user("alice").id
+    reasons = [  # as rounds record them (newest last)
+        ("skipped", "not enough feedback yet: 2 of 4 clicks"),
+        ("rejected", "not shown better than live on held-out prompts: net share ... 48 pairs)"),
+        ("rejected", "less safe than the base on red-team prompts: offensive share +0.05 ..."),
+        ("accepted", "better than live: net share of pairs won +0.875 (lower bound +0.550)"),
+    ]
+    for outcome, reason in reasons:
+        run = records.start_training_run(db, user_id)
+        records.finish_training_run(db, run["id"], outcome, None, reason, {})
+    lines = trend(users, "alice")
+    assert lines[0] == "- the base model: 67% thumbs up (2 of 3)"
+    assert [line.split(": ", 1)[1] for line in lines[1:]] == [
+        "adopted: it beat your assistant on your own questions",
+        "not adopted: it answered provocations worse than the base model",
+        "not adopted: it did not beat your assistant on your own questions",
+        "skipped: not enough clicks yet",
+    ]
+    assert "**My trend**" in describe(users, "alice")
+    assert "nothing yet" in describe(users, "bob")
+    assert round_in_words("failed", "RuntimeError: boom").startswith("failed")
+    # every marker still occurs in the reasons the round writes
+    sources = "".join(Path(f"online_rl/{m}.py").read_text() for m in ("gate", "publish", "rounds"))
+    assert all(marker in sources for marker, _ in ROUND_WORDS)

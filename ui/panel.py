@@ -37,6 +37,47 @@ def last_learned(trends: list[dict[str, Any]]) -> str | None:
     return accepted[-1] if accepted else None
 
 
+# what a round's recorded reason says, in the user's words (first match wins)
+ROUND_WORDS = (
+    ("not shown better", "not adopted: it did not beat your assistant on your own questions"),
+    ("better than live", "adopted: it beat your assistant on your own questions"),
+    ("less safe", "not adopted: it answered provocations worse than the base model"),
+    ("KL to the base", "not adopted: it drifted too far from the base model"),
+    ("degenerate", "not adopted: its answers got repetitive or cut off"),
+    ("stale", "not adopted: your assistant changed while it was learning"),
+    ("paused", "skipped: learning was paused"),
+    ("not enough feedback", "skipped: not enough clicks yet"),
+)
+TREND_ROUNDS = 5  # the newest rounds the panel tells about
+
+
+def round_in_words(outcome: str, reason: str | None) -> str:
+    """One plain sentence for a learning round (the operator sees the exact reason)."""
+    if outcome == "running":
+        return "learning now"
+    for marker, words in ROUND_WORDS:
+        if marker in (reason or ""):
+            return words
+    if outcome == "failed":
+        return "failed: nothing changed (the operator can see why)"
+    return {"accepted": "adopted", "rejected": "not adopted"}.get(outcome, outcome)
+
+
+def trend(asst: Assistant, user: str) -> list[str]:
+    """The "My trend" lines: thumbs up per version, then the newest rounds in words."""
+    lines = []
+    for v in asst.thumbs_by_version(user):
+        name = f"version {v['version']}" if v["version"] else "the base model"
+        lines.append(
+            f"- {name}: {v['share_up']:.0%} thumbs up ({v['up']} of {v['up'] + v['down']})"
+        )
+    for t in asst.trends(user)[-TREND_ROUNDS:][::-1]:
+        lines.append(
+            f"- {when(t['finished'] or t['started'])}: {round_in_words(t['outcome'], t['reason'])}"
+        )
+    return lines
+
+
 def describe(asst: Assistant, user: str) -> str:
     version = live_version(asst.versions(user))
     counts = asst.feedback_counts(user)
@@ -61,6 +102,9 @@ def describe(asst: Assistant, user: str) -> str:
             f"**Last learned:** {when(last_learned(asst.trends(user)))}",
             "",
             f"**Training:** {training}",
+            "",
+            "**My trend** (newest round first):",
+            *(trend(asst, user) or ["- nothing yet: rate some replies"]),
         ]
     )
 
