@@ -69,19 +69,17 @@ def _side_by_side(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The batch's distinct adapters' factors side by side, A: (in, K r) and B: (K r, out),
     and each row's 0/1 column mask (rows, 1, K r); None when no row uses an adapter here."""
-    distinct = [n for n in dict.fromkeys(names) if _factors(layer, n) is not None]
-    if not distinct:
+    present = [(n, f) for n in dict.fromkeys(names) if (f := _factors(layer, n)) is not None]
+    if not present:
         return None
-    factors = [_factors(layer, n) for n in distinct]
-    a = torch.cat([f[0] for f in factors if f is not None], dim=1)
-    b = torch.cat([f[1] for f in factors if f is not None], dim=0)
+    a = torch.cat([f[0] for _, f in present], dim=1)
+    b = torch.cat([f[1] for _, f in present], dim=0)
     mask = a.new_zeros(len(names), 1, a.shape[1])
     start = 0
-    for name, f in zip(distinct, factors, strict=True):
-        assert f is not None
-        width = f[0].shape[1]
-        mask[[i for i, n in enumerate(names) if n == name], :, start : start + width] = 1.0
-        start += width
+    for name, (a_n, _) in present:
+        rows = [i for i, n in enumerate(names) if n == name]
+        mask[rows, :, start : start + a_n.shape[1]] = 1.0
+        start += a_n.shape[1]
     return a, b, mask
 
 
@@ -132,10 +130,8 @@ class StackedLora:
         stacked = self._stacks.get(module)
         if stacked is None:
             return output
-        if len(stacked) == 3:  # side by side: x @ A, each row's own columns, @ B
-            a, b, mask = stacked
-            x = inputs[0].to(a.dtype)  # (rows, seq, in)
-            return output + ((x @ a) * mask @ b).to(output.dtype)
-        a, b = stacked
+        a, b, *mask = stacked
         x = inputs[0].to(a.dtype)  # (rows, seq, in)
-        return output + torch.bmm(torch.bmm(x, a), b).to(output.dtype)
+        # side by side: x @ A, each row's own columns, @ B; else per row, batched matmuls
+        delta = (x @ a) * mask[0] @ b if mask else torch.bmm(torch.bmm(x, a), b)
+        return output + delta.to(output.dtype)
