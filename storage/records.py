@@ -47,6 +47,16 @@ def _first(db: Database, sql: str, params: Iterable[Any]) -> Row | None:
     return next(iter(db.query(sql, list(params))), None)
 
 
+# What teaches a user's assistant: rows of conversations the user has not excluded
+# (`conversations.learn`). Every query that feeds or triggers training reads through these.
+_IN_TEACHING_CONVERSATION = "join conversations c on c.id = {}.conversation_id and c.learn"
+_TEACHING_MESSAGES = "messages m " + _IN_TEACHING_CONVERSATION.format("m")
+_TEACHING_THUMBS = "feedback f join messages m on m.id = f.message_id " + (
+    _IN_TEACHING_CONVERSATION.format("m")
+)
+_TEACHING_PAIRS = "pairs p " + _IN_TEACHING_CONVERSATION.format("p")
+
+
 # users ------------------------------------------------------------------------------------------
 
 
@@ -443,23 +453,19 @@ def last_training_run(db: Database, user_id: str) -> Row | None:
     )
 
 
-_TEACHING_THUMBS = (
-    "select count(*) as n from feedback f join messages m on m.id = f.message_id "
-    "join conversations c on c.id = m.conversation_id where c.learn"
-)
-_TEACHING_CHOICES = (
-    "select count(*) as n from pairs p join conversations c on c.id = p.conversation_id "
-    "where c.learn"
-)
-
-
 def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
     """Clicks (thumbs, changes of mind, A/B choices) the user made after `since`, in
     conversations that teach."""
     since = since or ""
-    thumbs = _first(db, _TEACHING_THUMBS + " and f.user_id = ? and f.updated > ?", [user_id, since])
+    thumbs = _first(
+        db,
+        f"select count(*) as n from {_TEACHING_THUMBS} where f.user_id = ? and f.updated > ?",
+        [user_id, since],
+    )
     choices = _first(
-        db, _TEACHING_CHOICES + " and p.user_id = ? and p.chosen_at > ?", [user_id, since]
+        db,
+        f"select count(*) as n from {_TEACHING_PAIRS} where p.user_id = ? and p.chosen_at > ?",
+        [user_id, since],
     )
     return (thumbs["n"] if thumbs else 0) + (choices["n"] if choices else 0)
 
@@ -467,16 +473,14 @@ def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
 def users_with_feedback_since_last_run(db: Database) -> list[str]:
     """Ids of users, learning not paused, who clicked anything in a conversation that teaches
     after the start of their latest training run."""
-    sql = """
+    sql = f"""
     with last as (select user_id, max(started) as started from training_runs group by user_id)
     select u.id from users u left join last on last.user_id = u.id
     where not u.learning_paused and (
-        exists (select 1 from feedback f join messages m on m.id = f.message_id
-                join conversations c on c.id = m.conversation_id
-                where f.user_id = u.id and c.learn and f.updated > coalesce(last.started, ''))
-        or exists (select 1 from pairs p join conversations c on c.id = p.conversation_id
-                   where p.user_id = u.id and c.learn
-                   and p.chosen_at > coalesce(last.started, '')))
+        exists (select 1 from {_TEACHING_THUMBS}
+                where f.user_id = u.id and f.updated > coalesce(last.started, ''))
+        or exists (select 1 from {_TEACHING_PAIRS}
+                   where p.user_id = u.id and p.chosen_at > coalesce(last.started, '')))
     """
     return [r["id"] for r in db.query(sql)]
 
@@ -489,8 +493,7 @@ def user_prompts(db: Database, user_id: str, limit: int) -> list[Row]:
     what rollouts sample from."""
     return list(
         db.query(
-            "select m.* from messages m join conversations c on c.id = m.conversation_id "
-            "where m.user_id = ? and m.role = 'user' and c.learn "
+            f"select m.* from {_TEACHING_MESSAGES} where m.user_id = ? and m.role = 'user' "
             "order by m.created desc, m.seq desc limit ?",
             [user_id, limit],
         )
@@ -625,10 +628,7 @@ def put_red_team_baseline(
 def rated_replies(db: Database, user_id: str | None = None) -> list[Row]:
     """Replies with a standing thumb (retractions excluded) in conversations that teach,
     oldest first."""
-    sql = (
-        "select m.*, f.thumb, f.reason from feedback f join messages m on m.id = f.message_id "
-        "join conversations c on c.id = m.conversation_id where f.thumb != 0 and c.learn"
-    )
+    sql = f"select m.*, f.thumb, f.reason from {_TEACHING_THUMBS} where f.thumb != 0"
     params: list[Any] = []
     if user_id is not None:
         sql += " and f.user_id = ?"
@@ -652,10 +652,7 @@ def recent_replies(db: Database, limit: int) -> list[Row]:
 
 def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
     """A/B pairs that have a winner, in conversations that teach, oldest first."""
-    sql = (
-        "select p.* from pairs p join conversations c on c.id = p.conversation_id "
-        "where p.winner is not null and c.learn"
-    )
+    sql = f"select p.* from {_TEACHING_PAIRS} where p.winner is not null"
     params: list[Any] = []
     if user_id is not None:
         sql += " and p.user_id = ?"
