@@ -497,12 +497,11 @@ class Assistant:
                     shown = so_far
             assert progress is not None  # max_new_tokens >= 1: at least one step ran
             rows, ended, versions = progress
+            sample = generation.to_samples(tokenizer, rows, ended)[0]
             # held back above: text ending in half a character, which the token limit may
             # leave for good ("\ufffd" in the stored text too); the deltas still add up to it
-            final = tokenizer.decode(rows[0], skip_special_tokens=True).lstrip()
-            if len(final) > len(shown):
-                yield Delta(final[len(shown) :])
-            sample = generation.to_samples(tokenizer, rows, ended)[0]
+            if len(sample.text) > len(shown):
+                yield Delta(sample.text[len(shown) :])
             conv_id, stored = self._save(
                 u, conversation_id, text, [self._answer(sample, versions[0], settings)], pair=False
             )

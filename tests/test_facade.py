@@ -48,11 +48,17 @@ def test_same_seed_same_text_and_seed_is_recorded(asst: Assistant, alice: str) -
 
 
 def test_stream_yields_deltas_that_add_up_to_the_reply(asst: Assistant, alice: str) -> None:
-    events = list(asst.chat_stream(alice, "Stream please", max_new_tokens=10, seed=1))
-    *deltas, reply = events
-    assert isinstance(reply, Reply)
-    assert deltas and all(isinstance(d, Delta) for d in deltas)
-    assert "".join(d.text for d in deltas).strip() == reply.text
+    """Also when the token limit cuts the reply inside a character (the tiny model writes
+    byte tokens): the text held back while the character was incomplete comes last."""
+    cut_inside_a_character = 0
+    for seed in range(10):
+        events = list(asst.chat_stream(alice, "Stream please", max_new_tokens=10, seed=seed))
+        *deltas, reply = events
+        assert isinstance(reply, Reply)
+        assert deltas and all(isinstance(d, Delta) for d in deltas)
+        assert "".join(d.text for d in deltas).strip() == reply.text, seed
+        cut_inside_a_character += reply.text.endswith("\ufffd")
+    assert cut_inside_a_character  # the case the last delta is for did occur
 
 
 def test_abandoned_stream_stores_nothing(asst: Assistant, alice: str) -> None:
