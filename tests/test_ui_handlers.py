@@ -505,7 +505,7 @@ def test_my_trend_says_thumbs_per_version_and_each_round_in_words(users: Assista
     for outcome, reason in reasons:
         run = records.start_training_run(db, user_id)
         records.finish_training_run(db, run["id"], outcome, None, reason, {})
-    lines = trend(users, "alice")
+    lines = trend(users, "alice", users.trends("alice"))
     assert lines[0] == "- the base model: 67% thumbs up (2 of 3)"
     assert [line.split(": ", 1)[1] for line in lines[1:]] == [
         "adopted: it beat your assistant on your own questions",
@@ -517,5 +517,7 @@ def test_my_trend_says_thumbs_per_version_and_each_round_in_words(users: Assista
     assert "nothing yet" in describe(users, "bob")
     assert round_in_words("failed", "RuntimeError: boom").startswith("failed")
     # every marker still occurs in the reasons the round writes
-    sources = "".join(Path(f"online_rl/{m}.py").read_text() for m in ("gate", "publish", "rounds"))
+    from online_rl import gate, publish, rounds
+
+    sources = "".join(Path(m.__file__).read_text() for m in (gate, publish, rounds))
     assert all(marker in sources for marker, _ in ROUND_WORDS)

@@ -63,15 +63,16 @@ def round_in_words(outcome: str, reason: str | None) -> str:
     return {"accepted": "adopted", "rejected": "not adopted"}.get(outcome, outcome)
 
 
-def trend(asst: Assistant, user: str) -> list[str]:
-    """The "My trend" lines: thumbs up per version, then the newest rounds in words."""
+def trend(asst: Assistant, user: str, runs: list[dict[str, Any]]) -> list[str]:
+    """The "My trend" lines: thumbs up per version, then the newest `runs` (the user's
+    `trends()`) in words."""
     lines = []
     for v in asst.thumbs_by_version(user):
         name = f"version {v['version']}" if v["version"] else "the base model"
         lines.append(
             f"- {name}: {v['share_up']:.0%} thumbs up ({v['up']} of {v['up'] + v['down']})"
         )
-    for t in asst.trends(user)[-TREND_ROUNDS:][::-1]:
+    for t in runs[-TREND_ROUNDS:][::-1]:
         lines.append(
             f"- {when(t['finished'] or t['started'])}: {round_in_words(t['outcome'], t['reason'])}"
         )
@@ -81,6 +82,7 @@ def trend(asst: Assistant, user: str) -> list[str]:
 def describe(asst: Assistant, user: str) -> str:
     version = live_version(asst.versions(user))
     counts = asst.feedback_counts(user)
+    runs = asst.trends(user)
     training = (
         TRAINING_WORDS.get(asst.training_state(user), "unknown")
         if asst.background
@@ -99,12 +101,12 @@ def describe(asst: Assistant, user: str) -> str:
             f"**Feedback given:** {counts['thumbs_up']} thumbs up · "
             f"{counts['thumbs_down']} thumbs down · {counts['choices']} A/B choices",
             "",
-            f"**Last learned:** {when(last_learned(asst.trends(user)))}",
+            f"**Last learned:** {when(last_learned(runs))}",
             "",
             f"**Training:** {training}",
             "",
             "**My trend** (newest round first):",
-            *(trend(asst, user) or ["- nothing yet: rate some replies"]),
+            *(trend(asst, user, runs) or ["- nothing yet: rate some replies"]),
         ]
     )
 
