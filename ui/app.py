@@ -294,32 +294,16 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
         restored.then(**opened, api_name="learns_after_restore", **QUICK, **PRIVATE)
         opening.then(**opened, api_name="learns_after_open", **QUICK, **PRIVATE)
         starting.then(**opened, api_name="learns_after_new", **QUICK, **PRIVATE)
-        undo_button.click(
-            controls.ask_undo,
-            outputs=[undo_confirm, controls_note],
-            api_name="ask_undo",
-            **QUICK,
-            **PRIVATE,
-        )
-        undo_confirm.click(
-            controls.undo,
-            outputs=[undo_confirm, controls_note],
-            api_name="undo_last_update",
-            **QUICK,
-        ).then(**refresh_panel, api_name="panel_after_undo")
-        reset_button.click(
-            controls.ask_reset,
-            outputs=[reset_confirm, controls_note],
-            api_name="ask_reset",
-            **QUICK,
-            **PRIVATE,
-        )
-        reset_confirm.click(
-            controls.reset,
-            outputs=[reset_confirm, controls_note],
-            api_name="reset_to_base",
-            **QUICK,
-        ).then(**refresh_panel, api_name="panel_after_reset")
+        # the first click only asks (and shows the confirming button); the second acts
+        for ask_button, confirm, ask, act, api_name in (
+            (undo_button, undo_confirm, controls.ask_undo, controls.undo, "undo_last_update"),
+            (reset_button, reset_confirm, controls.ask_reset, controls.reset, "reset_to_base"),
+        ):
+            shown = [confirm, controls_note]
+            ask_button.click(ask, outputs=shown, api_name=f"ask_{api_name}", **QUICK, **PRIVATE)
+            confirm.click(act, outputs=shown, api_name=api_name, **QUICK).then(
+                **refresh_panel, api_name=f"panel_after_{api_name}"
+            )
         download_button.click(controls.download, outputs=my_data_file, api_name="my_data", **QUICK)
         delete_button.click(
             controls.delete_account,
