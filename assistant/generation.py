@@ -165,19 +165,21 @@ def stream_tokens(
     eos_ids: set[int],
     pad_id: int,
     device: torch.device,
+    cache: Any = None,
 ) -> Iterator[torch.Tensor]:
     """Yield each step's new token per row (pad for rows already finished), KV-cached.
 
     `forward(input_ids, attention_mask, position_ids, past_key_values)` runs the model; the
     caller binds it to the right adapters. Positions come from the attention mask, so left
-    padding does not shift them.
+    padding does not shift them. `cache`: an empty transformers cache to fill (default: one
+    that grows by doubling, `assistant.kv_cache`).
     """
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     input_ids, attention_mask = left_pad(prompts, pad_id, device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     eos = torch.tensor(sorted(eos_ids), device=device)
-    past = growing_cache()
+    past = growing_cache() if cache is None else cache
     for _ in range(settings.max_new_tokens):
         out = forward(input_ids, attention_mask, position_ids, past)
         past = out.past_key_values

@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
-from assistant.generation import bind_forward, left_pad
+from assistant import generation
+from assistant.config import GenerationConfig
 from assistant.model import LoadedModel
 from bench import report
 from bench.fresh import open_fresh
@@ -39,7 +41,6 @@ from online_rl.user_data import Prompting
 NAME = "round-sampling"
 
 
-@torch.inference_mode()
 def sample_before(
     policy: TrainablePolicy,
     base: LoadedModel,
@@ -48,52 +49,26 @@ def sample_before(
     seeds: Sequence[int],
     max_new_tokens: int,
     temperature: float,
-) -> list[list[int]]:
-    """The round's sampling before the change this benchmark measures (same loop, old parts)."""
-    if set(names) == {TRAINABLE}:
-        forward = bind_forward(policy.peft)
-    else:
-        forward = bind_forward(policy.peft, adapter_names=list(names))
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    ids, mask = left_pad(prompts, base.tokenizer.pad_token_id, base.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    finished = torch.zeros(len(prompts), dtype=torch.bool)
-    eos = torch.tensor(sorted(base.eos_ids))
-    rows: list[list[int]] = [[] for _ in prompts]
-    past = None  # a DynamicCache, grown by concatenation
-    for _ in range(max_new_tokens):
-        out = forward(ids, mask, positions, past)
-        past = out.past_key_values
-        probs = torch.softmax(out.logits[:, -1, :].float() / temperature, dim=-1)
-        token = torch.cat(
-            [torch.multinomial(probs[r], 1, generator=g) for r, g in enumerate(generators)]
-        )
-        for r, t in enumerate(token.tolist()):
-            if not finished[r] and t not in base.eos_ids:
-                rows[r].append(t)
-        finished |= torch.isin(token, eos)
-        if bool(finished.all()):
-            break
-        ids = token[:, None]
-        mask = torch.cat([mask, torch.ones_like(ids)], dim=-1)
-        positions = positions[:, -1:] + 1
-    return rows
+) -> tuple[list[list[int]], list[bool]]:
+    """The round's sampling as it was: the same loop, with peft's per-row routing for a
+    mixed batch and a `DynamicCache`. Replies without their EOS."""
+    routing = {} if set(names) == {TRAINABLE} else {"adapter_names": list(names)}
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
+    steps = generation.stream_tokens(
+        generation.bind_forward(policy.peft, **routing),
+        prompts,
+        settings,
+        seeds,
+        base.eos_ids,
+        base.tokenizer.pad_token_id,
+        base.device,
+        cache=DynamicCache(),
+    )
+    progress = generation.reply_progress((t.tolist() for t in steps), len(prompts), base.eos_ids)
+    return generation.last(progress)
 
 
-def sample_after(
-    policy: TrainablePolicy,
-    base: LoadedModel,
-    prompts: Sequence[list[int]],
-    names: Sequence[str],
-    seeds: Sequence[int],
-    max_new_tokens: int,
-    temperature: float,
-) -> list[list[int]]:
-    replies, _ = sampling.sample(policy, base, prompts, names, seeds, max_new_tokens, temperature)
-    return replies
-
-
-ROUTES = {"before": sample_before, "after": sample_after}
+ROUTES = {"before": sample_before, "after": sampling.sample}
 
 
 def candidate_and_live(policy: TrainablePolicy, folder: Path) -> None:
@@ -182,11 +157,12 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 seeds = [1000 * repeat + i for i in range(len(prompts))]
                 for route in order:
                     started = time.perf_counter()
-                    replies = ROUTES[route](
+                    replies, _ = ROUTES[route](
                         policy, base, prompts, names, seeds, length, ppo.temperature
                     )
                     seconds[shape][route].append(time.perf_counter() - started)
-                    tokens[shape][route].append(sum(map(len, replies)))
+                    sampled = [t for r in replies for t in r if t not in base.eos_ids]
+                    tokens[shape][route].append(len(sampled))
                     print(f"  {shape} | {route}: {seconds[shape][route][-1]:.1f} s", flush=True)
     finally:
         asst.close()
