@@ -674,7 +674,8 @@ class Assistant:
         db = self.store.db
         with writing(db):
             if version == records.live_version(db, u.id):
-                raise InvalidInput(f"version {version} is live already")
+                what = f"version {version}" if version else "the base model (version 0)"
+                raise InvalidInput(f"{what} is live already")
             if version != 0:
                 rows = {r["version"]: r for r in records.list_adapter_versions(db, u.id)}
                 self._check_restorable(user, version, rows.get(version))

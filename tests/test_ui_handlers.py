@@ -462,7 +462,7 @@ def test_the_users_controls(users: Assistant, tiny_model_dir: Path) -> None:
 
     with pytest.raises(gr.Error, match="nothing to undo"):
         controls.undo(alice)
-    with pytest.raises(gr.Error, match="base model already"):
+    with pytest.raises(gr.Error, match=r"the base model \(version 0\) is live already"):
         controls.reset(alice)
     publish_adapter(users, tiny_model_dir, "alice", 1, seed=1)
     confirm, asked = controls.ask_undo()
