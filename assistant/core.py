@@ -1,0 +1,248 @@
+"""The core every part of the `Assistant` shares: storage, the lazily loaded model, adapters,
+batcher and trainer, and the lookups that check who owns what.
+
+The facade's other modules (accounts, conversation, feedback, training control, operator
+views) each add one concern's methods to `AssistantCore`; `assistant.facade` joins them.
+"""
+
+from __future__ import annotations
+
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from assistant import model as base_model
+from assistant.adapters import AdapterRegistry
+from assistant.config import (
+    DEFAULT_MODEL,
+    AssistantConfig,
+    ChatConfig,
+    GenerationConfig,
+    ModelConfig,
+)
+from assistant.errors import (
+    InvalidInput,
+    PermissionDenied,
+    UnknownConversation,
+    UnknownMessage,
+    UnknownUser,
+)
+from storage import adapters as adapter_files
+from storage import records
+from storage.db import Store
+
+if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
+    from assistant.batching import DecodeBatcher
+    from online_rl.config import TrainingConfig
+    from online_rl.rounds import Trainer
+    from online_rl.scheduler import SchedulerConfig, TrainingScheduler
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    role: str
+    created: str
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == "operator"
+
+
+def _user(row: records.Row) -> User:
+    return User(row["id"], row["name"], row["role"], row["created"])
+
+
+def clean_text(text: Any, what: str, limit: int) -> str:
+    """Validate user-typed text: a str, valid Unicode, no control characters, not blank."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be text, not {type(text).__name__}")
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            raise InvalidInput(f"{what} contains an invalid (surrogate) character")
+        if category == "Cc" and ch not in "\t\n\r":
+            raise InvalidInput(f"{what} contains a control character ({ord(ch):#04x})")
+    text = text.strip()
+    if not text:
+        raise InvalidInput(f"{what} is empty")
+    if len(text) > limit:
+        raise InvalidInput(f"{what} is too long: {len(text)} characters, the limit is {limit}")
+    return text
+
+
+class AssistantCore:
+    """Storage, model and trainer of one data folder; the methods every concern uses."""
+
+    def __init__(
+        self,
+        config: AssistantConfig,
+        loaded: base_model.LoadedModel | None = None,
+        training: TrainingConfig | None = None,
+    ):
+        """Open storage now; load the model now if given, else on first use (user management
+        and export never need it). A round left 'running' by a dead process is marked failed,
+        and half-written adapter folders are removed."""
+        self.config = config
+        self.store = Store(config.db_path)
+        adapter_files.remove_partial_writes(config.adapters_dir)
+        records.fail_interrupted_runs(self.store.db)
+        self._loaded = loaded
+        self._adapters: AdapterRegistry | None = None
+        self._batcher: DecodeBatcher | None = None
+        self._load_lock = threading.Lock()
+        self._training_config = training
+        self._trainer: Trainer | None = None
+        self.scheduler: TrainingScheduler | None = None
+
+    @property
+    def base(self) -> base_model.LoadedModel:
+        with self._load_lock:
+            if self._loaded is None:
+                self._loaded = base_model.load(self.config.model, self.config.model_cache_dir)
+            return self._loaded
+
+    @property
+    def adapters(self) -> AdapterRegistry:
+        base = self.base
+        with self._load_lock:
+            if self._adapters is None:
+                self._adapters = AdapterRegistry(
+                    base, self.store, self.config.adapters_dir, self.config.hot_adapters
+                )
+            return self._adapters
+
+    @property
+    def batcher(self) -> DecodeBatcher:
+        """The one worker that generates every reply, users' concurrent replies batched."""
+        adapters = self.adapters
+        with self._load_lock:
+            if self._batcher is None:
+                from assistant.batching import DecodeBatcher
+
+                self._batcher = DecodeBatcher(adapters, self.config.batch_rows)
+            return self._batcher
+
+    @property
+    def trainer(self) -> Trainer:
+        """The online-RL trainer (created on first use; imports torch-heavy modules)."""
+        from online_rl.config import TrainingConfig
+        from online_rl.rounds import RoundContext, Trainer
+
+        base, adapters = self.base, self.adapters  # each takes the load lock itself
+        with self._load_lock:
+            if self._trainer is None:
+                context = RoundContext(
+                    base=base,
+                    store=self.store,
+                    adapters_dir=self.config.adapters_dir,
+                    system_prompt=self.config.chat.system_prompt,
+                    context_tokens=self.config.chat.context_tokens,
+                    quantize=self.config.model.quantize,
+                    serving_version=adapters.usable_version,
+                )
+                self._trainer = Trainer(context, self._training_config or TrainingConfig())
+            return self._trainer
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        model: str = DEFAULT_MODEL,
+        quantize: str = "auto",
+        device: str = "auto",
+        background: bool = False,
+        *,
+        model_cache: str | Path | None = None,
+        generation_defaults: GenerationConfig | None = None,
+        chat: ChatConfig | None = None,
+        training: TrainingConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+    ) -> Self:
+        """Open (creating if needed) the data dir and load the base model.
+
+        background=True also starts the training scheduler: rounds then run by themselves as
+        users click (one scheduler per data folder and process).
+        """
+        config = AssistantConfig(
+            data_dir=Path(data_dir),
+            model=ModelConfig(
+                name=model,
+                quantize=quantize,  # type: ignore[arg-type]
+                device=device,  # type: ignore[arg-type]
+                cache_dir=Path(model_cache) if model_cache else None,
+            ),
+            generation=generation_defaults or GenerationConfig(),
+            chat=chat or ChatConfig(),
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        loaded = base_model.load(config.model, config.model_cache_dir)
+        assistant = cls(config, loaded, training)
+        if background:
+            assistant.start_background(scheduler)
+        return assistant
+
+    def start_background(self, config: SchedulerConfig | None = None) -> TrainingScheduler:
+        """Start (once per process and data folder) the scheduler that trains as users click."""
+        from online_rl import scheduler as training_scheduler
+
+        self.scheduler = training_scheduler.start_for(
+            self.config.data_dir,
+            self.store,
+            lambda user_id: self.trainer.run(user_id),  # the trainer is made on first use
+            config or training_scheduler.SchedulerConfig(),
+        )
+        return self.scheduler
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            from online_rl import scheduler as training_scheduler
+
+            training_scheduler.stop_for(self.config.data_dir)
+            self.scheduler = None
+        if self._batcher is not None:
+            self._batcher.close()
+        self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def user(self, name: str) -> User:
+        """The user of that name, or UnknownUser."""
+        row = records.get_user(self.store.db, name) if isinstance(name, str) else None
+        if row is None:
+            raise UnknownUser(f"no user named {name!r}")
+        return _user(row)
+
+    def _conversation(self, user: User, conversation_id: str) -> records.Row:
+        row = (
+            records.get_conversation(self.store.db, conversation_id)
+            if isinstance(conversation_id, str)
+            else None
+        )
+        if row is None:
+            raise UnknownConversation(f"no conversation {conversation_id!r}")
+        if row["user_id"] != user.id:
+            raise PermissionDenied("that conversation belongs to another user")
+        return row
+
+    def _message(self, user: User, message_id: str) -> records.Row:
+        row = (
+            records.get_message(self.store.db, message_id) if isinstance(message_id, str) else None
+        )
+        if row is None:
+            raise UnknownMessage(f"no message {message_id!r}")
+        if row["user_id"] != user.id:
+            raise PermissionDenied("that message belongs to another user")
+        return row
+
+    def _clicked(self, user: User) -> None:
+        """Tell the scheduler (if running) that the user has a new click."""
+        if self.scheduler is not None:
+            self.scheduler.notify(user.id)
