@@ -14,6 +14,7 @@ from assistant.config import (
     ChatConfig,
     GenerationConfig,
     ModelConfig,
+    SignInConfig,
 )
 from assistant.errors import (
     AlreadyChosen,
@@ -23,6 +24,7 @@ from assistant.errors import (
     NotAvailableYet,
     NotFound,
     PermissionDenied,
+    TooManySignIns,
     UnknownConversation,
     UnknownMessage,
     UnknownPair,
@@ -63,6 +65,8 @@ __all__ = [
     "Pair",
     "PermissionDenied",
     "Reply",
+    "SignInConfig",
+    "TooManySignIns",
     "UnknownConversation",
     "UnknownMessage",
     "UnknownPair",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from assistant.core import AssistantCore, User, _user
@@ -61,14 +62,31 @@ class Accounts(AssistantCore):
     def users(self) -> list[User]:
         return [_user(r) for r in records.list_users(self.store.db)]
 
-    def authenticate(self, name: str, password: str) -> User | None:
-        """The user if the password matches, else None (same answer for an unknown name)."""
+    def authenticate(self, name: str, password: str, address: str | None = None) -> User | None:
+        """The user if the password matches, else None (same answer for an unknown name).
+
+        Wrong passwords are counted per account and per client `address` (`SignInConfig`):
+        at the limit, TooManySignIns says when to try again, and the password is not even
+        checked, so guessing on cannot succeed early."""
         if not isinstance(name, str) or not isinstance(password, str):
             return None
+        self.sign_ins.check(name, address)
         row = records.get_user(self.store.db, name)
         if row is None or not verify_password(password, row["password_hash"]):
+            self.sign_ins.failed(name, address)
             return None
+        self.sign_ins.succeeded(name)
         return _user(row)
+
+    def credentials_stamp(self, name: str) -> str | None:
+        """A short fingerprint of the account's identity and password hash, or None once the
+        account is gone. A signed-in session keeps the stamp it was opened with and ends when
+        the stamp changes: a new password or a deleted account signs out every open page."""
+        row = records.get_user(self.store.db, name) if isinstance(name, str) else None
+        if row is None:
+            return None
+        seen = f"{row['id']}\n{row['password_hash'] or ''}".encode()
+        return hashlib.sha256(seen).hexdigest()[:32]
 
     def delete_user(self, name: str) -> None:
         """Remove the user's rows, adapters and heads, and what the trainer holds in memory

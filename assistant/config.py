@@ -123,6 +123,25 @@ class ChatConfig:
 
 
 @dataclass(frozen=True)
+class SignInConfig:
+    """How many wrong passwords sign-in forgives before it makes the guesser wait.
+
+    Failures are counted over the last `window_s` seconds, per account (whoever tries it) and
+    per client address (whichever accounts it tries); at the limit, that account or address
+    is refused until its oldest counted failure leaves the window. A right password clears
+    the account's count, not the address's. Counts live in the serving process's memory.
+    """
+
+    failures_per_account: int = 5
+    failures_per_address: int = 20
+    window_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if min(self.failures_per_account, self.failures_per_address) < 1 or self.window_s <= 0:
+            raise ValueError("sign-in limits must be >= 1 failure over a window > 0 seconds")
+
+
+@dataclass(frozen=True)
 class AssistantConfig:
     """Everything `Assistant.open` needs, in one place."""
 
@@ -130,6 +149,7 @@ class AssistantConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    sign_in: SignInConfig = field(default_factory=SignInConfig)
     hot_adapters: int = 16  # LoRA adapters kept in memory; the rest wait on disk
     # replies decoded together at most (continuous batching, assistant.batching); more wait
     batch_rows: int = 16

@@ -21,6 +21,7 @@ from assistant.config import (
     ChatConfig,
     GenerationConfig,
     ModelConfig,
+    SignInConfig,
 )
 from assistant.errors import (
     InvalidInput,
@@ -29,6 +30,7 @@ from assistant.errors import (
     UnknownMessage,
     UnknownUser,
 )
+from assistant.sign_in import SignInLimiter
 from storage import adapters as adapter_files
 from storage import records
 from storage.db import Store
@@ -90,6 +92,7 @@ class AssistantCore:
         self.store = Store(config.db_path)
         adapter_files.remove_partial_writes(config.adapters_dir)
         records.fail_interrupted_runs(self.store.db)
+        self.sign_ins = SignInLimiter(config.sign_in)
         self._loaded = loaded
         self._adapters: AdapterRegistry | None = None
         self._batcher: DecodeBatcher | None = None
@@ -159,6 +162,7 @@ class AssistantCore:
         model_cache: str | Path | None = None,
         generation_defaults: GenerationConfig | None = None,
         chat: ChatConfig | None = None,
+        sign_in: SignInConfig | None = None,
         training: TrainingConfig | None = None,
         scheduler: SchedulerConfig | None = None,
     ) -> Self:
@@ -177,6 +181,7 @@ class AssistantCore:
             ),
             generation=generation_defaults or GenerationConfig(),
             chat=chat or ChatConfig(),
+            sign_in=sign_in or SignInConfig(),
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         loaded = base_model.load(config.model, config.model_cache_dir)

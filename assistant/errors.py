@@ -45,6 +45,14 @@ class AlreadyChosen(InvalidInput):
     """An A/B pair is decided once; a second choice changes nothing."""
 
 
+class TooManySignIns(AttuneError):
+    """Too many wrong passwords lately for this account or from this address; wait."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ModelUnavailable(AttuneError):
     """The base model could not be found, fetched or loaded."""
 

@@ -18,6 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from assistant import Assistant
+from assistant.sign_in import SignInLimiter
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, PASSWORDS, add_users, seed_runs, serving
@@ -57,6 +58,45 @@ def test_sign_in_is_required(app: tuple) -> None:
         Client(url, auth=("alice", "wrong-password"), verbose=False)
     with pytest.raises(ValueError):
         Client(url, auth=("nobody", "alice-password"), verbose=False)
+
+
+def sign_in_session(url: str, name: str, password: str) -> tuple[httpx.Client, httpx.Response]:
+    """A browser-like session that posted the sign-in form (cookies kept)."""
+    session = httpx.Client(base_url=url, timeout=60)
+    return session, session.post("login", data={"username": name, "password": password})
+
+
+def test_a_new_password_or_a_deleted_account_ends_open_sessions(app: tuple) -> None:
+    asst, url = app
+    asst.add_user("sam", password="sam-password")
+    page, signed_in = sign_in_session(url, "sam", "sam-password")
+    other_page, _ = sign_in_session(url, "sam", "sam-password")
+    alice_page, _ = sign_in_session(url, "alice", PASSWORDS["alice"])
+    assert signed_in.status_code == 200 and page.get("config").status_code == 200
+    asst.set_password("sam", "sam-new-password")  # as `attune user passwd` would
+    assert page.get("config").status_code == 401  # both of sam's pages are signed out
+    assert other_page.get("config").status_code == 401
+    assert alice_page.get("config").status_code == 200  # nobody else is
+    page, _ = sign_in_session(url, "sam", "sam-new-password")
+    assert page.get("config").status_code == 200
+    asst.delete_user("sam")
+    assert page.get("config").status_code == 401
+
+
+def test_password_guessing_is_paused_with_a_readable_answer(app: tuple) -> None:
+    asst, url = app
+    asst.add_user("rita", password="rita-password")
+    try:
+        for _ in range(asst.config.sign_in.failures_per_account):
+            assert sign_in_session(url, "rita", "a-guess")[1].status_code == 400
+        _, refused = sign_in_session(url, "rita", "rita-password")  # right, but paused
+        assert refused.status_code == 429
+        assert refused.json()["detail"].startswith("Too many wrong passwords for this account")
+        assert int(refused.headers["retry-after"]) > 0
+        assert "set-cookie" not in refused.headers
+    finally:
+        asst.sign_ins = SignInLimiter(asst.config.sign_in)  # the other tests sign in from here
+        asst.delete_user("rita")
 
 
 def test_chat_rate_and_retract(app: tuple) -> None:
@@ -145,10 +185,12 @@ def test_operator_reads_trends_and_acts(app: tuple) -> None:
 @contextmanager
 def signed_in_session(url: str, name: str) -> Iterator[httpx.Client]:
     """An HTTP session with the sign-in cookie, as the browser holds it."""
-    with httpx.Client(base_url=url, timeout=60) as session:
-        answer = session.post("login", data={"username": name, "password": PASSWORDS[name]})
+    session, answer = sign_in_session(url, name, PASSWORDS[name])
+    try:
         assert answer.status_code == 200, answer.text
         yield session
+    finally:
+        session.close()
 
 
 def operator_components(config: dict[str, Any]) -> set[int]:

@@ -298,10 +298,25 @@ def test_the_users_controls_in_a_real_browser(
         page.get_by_role("button", name="Delete my account").click()
         page.get_by_label("username").wait_for()  # signed out, back at the sign-in page
         assert "bob" not in {u.name for u in asst.users()}
+    page.close()
+
+    with shots.step("6-new-password-signs-out-and-guessing-pauses"):
+        page = shots.page = sign_in(browser, url, "alice")
+        asst.set_password("alice", "alice-new-password")  # as `attune user passwd` would
+        page.reload()
+        page.get_by_label("username").wait_for()  # the old session ended
+        for attempt in range(asst.config.sign_in.failures_per_account + 1):
+            page.get_by_label("username").fill("alice")
+            page.get_by_label("password").fill(f"guess-{attempt}")
+            with page.expect_response(lambda r: r.url.rstrip("/").endswith("/login")) as answer:
+                page.get_by_role("button", name="Login").click()
+        assert answer.value.status == 429
+        page.get_by_role("alert").get_by_text("Too many wrong passwords").wait_for()
     assert sorted(p.name for p in shots.folder.iterdir()) == [
         "1-pause-learning.png",
         "2-conversation-that-does-not-teach.png",
         "3-undo-asks-then-undoes.png",
         "4-download-my-data.png",
         "5-delete-account.png",
+        "6-new-password-signs-out-and-guessing-pauses.png",
     ]

@@ -13,16 +13,19 @@ import socket
 from collections.abc import Callable
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from assistant import Assistant, ChatConfig, random_password
 from ui.app import build_app
 from ui.config import ServeConfig
-from ui.identity import authenticator
+from ui.identity import Sessions, authenticator
+from ui.sign_in import SignInPage
 
 FIRST_ACCOUNTS = (("demo", False), ("operator", True))  # (name, operator?)
 SIGN_IN_MESSAGE = (
     "Sign in with your attune account (created with `attune user add NAME`; "
-    "a new password is set with `attune user passwd NAME`)."
+    "a new password is set with `attune user passwd NAME`). After several wrong passwords "
+    "sign-in pauses for a while."
 )
 
 
@@ -72,11 +75,17 @@ def launch(app: gr.Blocks, asst: Assistant, config: ServeConfig, block: bool) ->
         server_port=config.port,
         auth=authenticator(asst),
         auth_message=SIGN_IN_MESSAGE,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         share=False,
         ssr_mode=False,
         show_error=False,  # errors reach the browser as their gr.Error sentence only
+        app_kwargs={"middleware": [Middleware(SignInPage)]},
     )
+    sessions = Sessions(asst.credentials_stamp)  # Gradio's plain dict of tokens, replaced;
+    sessions.update_from(app.server_app.tokens)  # a sign-in made in between is kept
+    app.server_app.tokens = sessions
+    if block:
+        app.block_thread()
     return str(app.local_url)
 
 

@@ -26,6 +26,7 @@ from gradio_client.exceptions import AppError
 
 from assistant import Assistant, generation
 from assistant.cli import main
+from assistant.sign_in import SignInLimiter
 from tests.reliability.api_support import (
     Answer,
     Change,
@@ -122,6 +123,12 @@ class Case:
     prepare: Callable[[World], None] | None = None  # runs before the "before" snapshot
 
 
+def guessed_alices_password(world: World) -> None:
+    """As many wrong passwords for alice as the limit forgives, from another address."""
+    for n in range(world.asst.config.sign_in.failures_per_account):
+        assert world.asst.authenticate("alice", f"guess-{n}", "10.9.9.9") is None
+
+
 # harmless results ----------------------------------------------------------------------------
 
 
@@ -177,6 +184,7 @@ SQL = "'; DROP TABLE messages; --"
 ODD_BUT_FINE = "line one\n\tline two \u202e\u200d"  # tab, newline, bidi and zero-width marks
 WRONG_LOGIN = r"^HTTP 400: .*Incorrect credentials"
 MISSING_FIELD = r"^HTTP 422: .*Field required"
+PAUSED_LOGIN = r"^HTTP 429: .*Too many wrong passwords for this account: .*try again in 15 minutes"
 BAD_NAME = r"^exit 1: attune: user name must be 1-64"
 
 CASES = [
@@ -416,6 +424,15 @@ CASES = [
         Case("sign-in", (b"username=alice&password=%ED%A0%80%FF",), refused=WRONG_LOGIN),
         id="sign-in-invalid-utf8-password",
     ),
+    pytest.param(
+        Case(
+            "sign-in",
+            ({"username": "alice", "password": "alice-password"},),
+            refused=PAUSED_LOGIN,
+            prepare=guessed_alices_password,
+        ),
+        id="sign-in-after-guessing",
+    ),
     # the attune command
     pytest.param(
         Case("cli", (["frobnicate"],), refused=r"^exit 2: .*invalid choice: 'frobnicate'"),
@@ -607,6 +624,7 @@ def test_hostile_input(
 ) -> None:
     """A readable refusal that changes nothing and never reaches the model, or a harmless
     result; no error logged; the app still answers afterwards."""
+    world.asst.sign_ins = SignInLimiter(world.asst.config.sign_in)  # no case counts for another
     if case.prepare is not None:
         case.prepare(world)
     db = world.asst.store.db
