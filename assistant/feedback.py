@@ -10,6 +10,7 @@ from assistant.errors import (
     UnknownPair,
 )
 from storage import records
+from storage.db import writing
 
 THUMBS = (1, -1, 0)
 WINNERS = ("a", "b", "tie", "both_bad")
@@ -32,6 +33,17 @@ class Feedback(AssistantCore):
             self.store.db, message["id"], u.id, thumb, reason if thumb else None
         )
         self._clicked(u)
+
+    def explain(self, user: str, message_id: str, reason: str) -> None:
+        """Attach a reason to the user's standing thumb on one of their replies: the thumb is
+        one click, the reason (a preset such as "harmful", or their own words) may come after
+        it. Replaces an earlier reason; refused when the reply has no standing thumb."""
+        u = self.user(user)
+        text = clean_text(reason, "reason", self.config.chat.max_reason_chars)
+        message = self._message(u, message_id)
+        with writing(self.store.db):
+            if not records.set_feedback_reason(self.store.db, message["id"], text):
+                raise InvalidInput("rate the reply first: a reason explains a thumb up or down")
 
     def choose(self, user: str, pair_id: str, winner: str) -> None:
         """Record which answer of an A/B pair the user preferred; a pair is decided once."""

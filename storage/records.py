@@ -221,6 +221,15 @@ def upsert_feedback(
     return row
 
 
+def set_feedback_reason(db: Database, message_id: str, reason: str | None) -> bool:
+    """Attach (or clear) the reason of a standing thumb; False when the reply has none. The
+    thumb's time stays the click's: a reason explains a click, it is not a new one."""
+    cursor = db.execute(
+        "update feedback set reason = ? where message_id = ? and thumb != 0", [reason, message_id]
+    )
+    return cursor.rowcount == 1
+
+
 def get_feedback(db: Database, message_id: str) -> Row | None:
     return _first(db, "select * from feedback where message_id = ?", [message_id])
 

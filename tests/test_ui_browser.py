@@ -1,8 +1,8 @@
 """The web app in a real browser: Debian's Chromium, headless, driven by Playwright for Python.
 
-Sign in, send a message and watch the reply stream in, thumbs up, reload (the conversation
-and its thumb come back from storage), click the thumb again to retract it, an A/B choice,
-then sign in as an operator and see the trend plot. A screenshot per step goes to
+Sign in, send a message and watch the reply stream in, thumbs up and a reason after it, reload
+(the conversation and its thumb come back from storage), click the thumb again to retract it,
+an A/B choice, then sign in as an operator and see the trend plot. A screenshot per step goes to
 `<tmp_path>/screenshots`, taken when the step ends, also when it fails (`pytest -s` prints the
 folder; `pytest --basetemp=DIR` puts it at a fixed path for CI artifacts).
 
@@ -173,6 +173,24 @@ def test_sign_in_chat_thumbs_choice_and_operator_plot(
             "the thumbs up in storage",
         )
         page.locator("#assistant-panel").get_by_text("1 thumbs up").wait_for()
+        why = page.locator("#why-preset")  # thumb first; the reason, optional, after
+        why.get_by_text("Thumb saved. Why?").wait_for()
+        assert records.get_feedback(asst.store.db, reply["id"])["reason"] is None
+        why.get_by_label(CONFIG.reasons[0]).check()
+        eventually(
+            lambda: records.get_feedback(asst.store.db, reply["id"])["reason"] == CONFIG.reasons[0],
+            "the reason attached to the thumb",
+        )
+        own = page.locator("#why-own textarea")
+        own.fill("short and to the point")
+        own.press("Enter")
+        eventually(
+            lambda: (
+                records.get_feedback(asst.store.db, reply["id"])["reason"]
+                == "short and to the point"
+            ),
+            "the user's own words replacing the preset",
+        )
 
     with shots.step("4-reload-and-retract"):
         page.reload()  # the conversation and its thumb come back from storage

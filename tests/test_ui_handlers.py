@@ -120,22 +120,37 @@ def test_history_comes_back_from_storage_after_a_reload(users: Assistant) -> Non
     assert empty.value == [] and none == ""
 
 
-def test_thumbs_from_like_data_with_reason_then_retract(users: Assistant) -> None:
+def test_thumb_first_then_its_reason_then_retract(users: Assistant) -> None:
     chat = Chat(users, FAST)
     reply = chat_once(chat, "alice", "rate me")
-    conversation, text = reply["conversation_id"], reply["text"]
-    reason_box = chat.like(conversation, "harmful", as_user("alice"), like(1, False, text))
-    assert reason_box == ""  # the reason is emptied: the next thumb does not inherit it
-    row = records.get_feedback(users.store.db, reply["message_id"])
+    conversation, text, alice = reply["conversation_id"], reply["text"], as_user("alice")
+    rated, why_row, _, own_words = chat.like(conversation, alice, like(1, False, text))
+    assert rated == reply["message_id"] and why_row["visible"] is True and own_words == ""
+    row = records.get_feedback(users.store.db, rated)
+    assert (row["thumb"], row["reason"]) == (-1, None)  # one click stored the thumb
+    chat.explain(rated, "harmful", alice)  # the reason comes after
+    row = records.get_feedback(users.store.db, rated)
     assert (row["thumb"], row["reason"]) == (-1, "harmful")
-    chat.like(conversation, "my own words", as_user("alice"), like(1, True, text))
-    row = records.get_feedback(users.store.db, reply["message_id"])
+    chat.like(conversation, alice, like(1, True, text))  # a change of mind: a new thumb...
+    row = records.get_feedback(users.store.db, rated)
+    assert (row["thumb"], row["reason"]) == (1, None)  # ...does not inherit the old reason
+    assert chat.explain(rated, "  my own words ", alice) == ""  # the box empties
+    row = records.get_feedback(users.store.db, rated)
     assert (row["thumb"], row["reason"]) == (1, "my own words")
     assert history.feedback_values(history.load(users, "alice", conversation)) == ["Like"]
-    chat.like(conversation, "my own words", as_user("alice"), like(1, "", text))  # again
+    rated, why_row, *_ = chat.like(conversation, alice, like(1, "", text))  # again: retract
+    assert rated is None and why_row["visible"] is False
     row = records.get_feedback(users.store.db, reply["message_id"])
     assert (row["thumb"], row["reason"]) == (0, None)
     assert users.feedback_counts("alice") == {"thumbs_up": 0, "thumbs_down": 0, "choices": 0}
+    before = row_counts(users)
+    with pytest.raises(gr.Error, match="rate the reply first"):  # no standing thumb
+        chat.explain(reply["message_id"], "too late", alice)
+    with pytest.raises(gr.Error, match="Click a thumb first"):
+        chat.explain(None, "no thumb", alice)
+    with pytest.raises(gr.Error, match="another user"):
+        chat.explain(reply["message_id"], "not mine", as_user("bob"))
+    assert row_counts(users) == before
 
 
 def test_likes_that_cannot_be_stored_are_refused_readably(users: Assistant) -> None:
@@ -144,11 +159,11 @@ def test_likes_that_cannot_be_stored_are_refused_readably(users: Assistant) -> N
     conversation = reply["conversation_id"]
     before = row_counts(users)
     with pytest.raises(gr.Error, match="assistant's replies"):  # the user's own message
-        chat.like(conversation, "", as_user("alice"), like(0, True, "mine"))
+        chat.like(conversation, as_user("alice"), like(0, True, "mine"))
     with pytest.raises(gr.Error, match="still being written"):  # not stored yet
-        chat.like(conversation, "", as_user("alice"), like(2, True, "being written"))
+        chat.like(conversation, as_user("alice"), like(2, True, "being written"))
     with pytest.raises(gr.Error, match="another user"):
-        chat.like(conversation, "", as_user("bob"), like(1, True, reply["text"]))
+        chat.like(conversation, as_user("bob"), like(1, True, reply["text"]))
     with pytest.raises(gr.Error, match="another user"):
         chat.rate(reply["message_id"], 1, "", as_user("bob"))
     with pytest.raises(gr.Error, match="sign in"):
@@ -168,16 +183,16 @@ def test_a_thumb_on_a_message_that_is_not_the_stored_one_is_refused(users: Assis
     before = row_counts(users)
     on_screen = history.load(users, "alice", d["conversation_id"])[1].content
     with pytest.raises(gr.Error, match=re.escape(NOT_ON_SCREEN)):  # D shown, C's id hidden
-        chat.like(c["conversation_id"], "helpful", as_user("alice"), like(1, True, on_screen))
+        chat.like(c["conversation_id"], as_user("alice"), like(1, True, on_screen))
     last_visible = max(i for i, ch in enumerate(c["text"]) if visible_text(ch))
     streaming = c["text"][:last_visible]  # C's reply one visible character before its end
     with pytest.raises(gr.Error, match="nothing was saved"):
-        chat.like(c["conversation_id"], "", as_user("alice"), like(1, False, streaming))
+        chat.like(c["conversation_id"], as_user("alice"), like(1, False, streaming))
     with pytest.raises(gr.Error, match="nothing was saved"):  # no text from the browser
-        chat.like(c["conversation_id"], "", as_user("alice"), like(1, True, ""))
+        chat.like(c["conversation_id"], as_user("alice"), like(1, True, ""))
     assert row_counts(users) == before
     assert records.get_feedback(users.store.db, c["message_id"]) is None
-    chat.like(d["conversation_id"], "", as_user("alice"), like(1, True, on_screen))
+    chat.like(d["conversation_id"], as_user("alice"), like(1, True, on_screen))
     assert records.get_feedback(users.store.db, d["message_id"])["thumb"] == 1
 
 
@@ -434,7 +449,7 @@ def test_a_thumb_counts_though_the_browser_drops_tabs_newlines_and_control_chara
     chat = Chat(users, FAST)
     reply = chat_once(chat, "alice", "a reply with odd bytes")
     users.store.db["messages"].update(reply["message_id"], {"text": "Line one\n\tline\x01 two"})
-    chat.like(reply["conversation_id"], "", as_user("alice"), like(1, True, "Line one line two"))
+    chat.like(reply["conversation_id"], as_user("alice"), like(1, True, "Line one line two"))
     assert records.get_feedback(users.store.db, reply["message_id"])["thumb"] == 1
 
 

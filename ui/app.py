@@ -82,12 +82,20 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                             elem_id="message",
                         )
                         send_button = gr.Button("Send", variant="primary", scale=1)
-                    reason = gr.Dropdown(
-                        label="Reason for your next thumb (optional: pick one or type your own)",
-                        choices=["", *config.reasons],
-                        value="",
-                        allow_custom_value=True,
-                    )
+                    rated = gr.Textbox(visible=False, label="rated reply id")
+                    with gr.Row(visible=False, elem_id="why-row") as why_row:
+                        why_preset = gr.Radio(
+                            choices=list(config.reasons),
+                            label="Thumb saved. Why? (optional)",
+                            elem_id="why-preset",
+                            scale=3,
+                        )
+                        why_own = gr.Textbox(
+                            label="Or in your own words",
+                            placeholder="Press Enter to add it to your thumb",
+                            elem_id="why-own",
+                            scale=2,
+                        )
                     learn_box = gr.Checkbox(
                         label="Learn from this conversation (untick: it is kept, never taught)",
                         value=True,
@@ -238,12 +246,16 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
         )
         chatbot.like(
             chat.like,
-            inputs=[conversation_id, reason],
-            outputs=reason,  # emptied after each thumb
+            inputs=conversation_id,
+            outputs=[rated, why_row, why_preset, why_own],  # the "why?" row, emptied
             api_name="like",
             **QUICK,
             **PRIVATE,
         ).then(**refresh_panel, api_name="panel_after_like")
+        why = {"outputs": why_own, **QUICK, **PRIVATE}
+        why_preset.input(chat.explain, [rated, why_preset], api_name="why_preset", **why)
+        why_own.submit(chat.explain, [rated, why_own], api_name="why_own_words", **why)
+        gr.api(chat.explain, api_name="explain", concurrency_limit=None)
         gr.api(chat.rate, api_name="rate", concurrency_limit=None)
 
         # compare

@@ -1,4 +1,4 @@
-"""Chat tab handlers: streamed replies, history from storage, thumbs with reasons.
+"""Chat tab handlers: streamed replies, history from storage, thumbs and (after) reasons.
 
 Every handler takes `request: gr.Request` and acts as `request.username`; the facade checks
 that the conversation or message belongs to that user. A thumb is stored only when the message
@@ -27,7 +27,7 @@ NOT_ON_SCREEN = (
     "That message is not the one stored there any more (the chat changed while you clicked), "
     "so nothing was saved. Please click the thumb again."
 )
-NO_REASON = ""  # the reason box after a thumb: each thumb gets its own reason
+REASON_SAVED = "Reason added to your thumb"
 
 
 def thumb_of(liked: bool | str | None) -> int:
@@ -167,14 +167,11 @@ class Chat:
                 )
 
     def like(
-        self,
-        conversation_id: str | None,
-        reason: str | None,
-        request: gr.Request,
-        data: gr.LikeData,
-    ) -> str:
-        """A thumb clicked in the chat; clicking it again retracts (Gradio sends ''). Returns
-        the emptied reason box, so a reason is never carried over to the next thumb."""
+        self, conversation_id: str | None, request: gr.Request, data: gr.LikeData
+    ) -> tuple[str | None, Any, Any, str]:
+        """A thumb clicked in the chat, stored at once; clicking it again retracts (Gradio
+        sends ''). Returns the rated reply's id and the "why?" row: shown, emptied, after a
+        thumb (its reason is optional and comes after the click), hidden after a retraction."""
         with readable_errors():
             user = signed_in(request)
             rows = history.load(self.asst, user, conversation_id)
@@ -183,8 +180,23 @@ class Chat:
                 raise gr.Error(STILL_WRITING, print_exception=False)
             if visible_text(clicked_text(data.value)) != visible_text(rows[index].content):
                 raise gr.Error(NOT_ON_SCREEN, print_exception=False)
-            self.record(user, rows[index].message_id, thumb_of(data.liked), reason)
-            return NO_REASON
+            thumb = thumb_of(data.liked)
+            self.record(user, rows[index].message_id, thumb, None)
+            rated = rows[index].message_id if thumb else None
+            return rated, gr.update(visible=bool(thumb)), gr.update(value=None), ""
+
+    def explain(self, message_id: str | None, reason: str | None, request: gr.Request) -> str:
+        """API and the "why?" row: attach a reason (a preset or your own words) to your
+        standing thumb on a reply. Returns the emptied box for your own words."""
+        with readable_errors():
+            user = signed_in(request)
+            if not message_id:
+                raise gr.Error("Click a thumb first; the reason is added to it.")
+            if reason is None or (isinstance(reason, str) and not reason.strip()):
+                return ""  # an emptied choice or box: nothing to add
+            self.asst.explain(user, message_id, reason)
+            gr.Info(f"{REASON_SAVED}: {reason.strip()}")
+            return ""
 
     def rate(self, message_id: str, thumb: int, reason: str, request: gr.Request) -> str:
         """API: rate one of your replies by id: thumb 1 (up), -1 (down) or 0 (retract),

@@ -14,13 +14,13 @@ from ui.errors import readable_errors
 from ui.identity import signed_in
 
 WINNERS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
-HELP = """Ask a question and get **two answers from your assistant's live version**: it
-writes four with different random seeds and shows the two whose choice teaches it the most
-about your taste (the two most different, before your first click). Pick the
-better one (or Tie, or Both bad): your assistant learns which kind of answer you prefer. A
-choice is stored once; the buttons then lock until your next question. Each comparison starts
-a new conversation in the Chat tab's list, where the winner (answer A on a tie) stays in the
-context and a both-bad comparison leaves none."""
+HELP = """Ask a question and get **two answers from your assistant's live version**, written
+with different random seeds (where it is set to write more, it shows the two whose choice
+teaches it the most about your taste). Pick the better one (or Tie, or Both bad): your
+assistant learns which kind of answer you prefer. A choice is stored once; the buttons then
+lock until your next question. Each comparison starts a new conversation in the Chat tab's
+list, where the winner (answer A on a tie) stays in the context and a both-bad comparison
+leaves none."""
 ASK_FIRST = "Ask a question first: there is nothing to choose between yet."
 DECIDED_ALREADY = (
     "This comparison was decided already (in another tab, or by a second click); "

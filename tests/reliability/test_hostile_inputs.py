@@ -114,7 +114,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Case:
-    surface: str  # chat, chat-json, chat-bytes, compare, rate, choose, sign-in, cli
+    surface: str  # chat, chat-json, chat-bytes, compare, rate, explain, choose, sign-in, cli
     args: tuple[Any, ...]
     refused: str | None = None  # the error must match; nothing may change
     harmless: Callable[[World, Outcome], None] | None = None  # checks the result instead
@@ -170,7 +170,7 @@ def only_the_stamp_moved(world: World, outcome: Outcome) -> None:
 
 
 def delete_dora(world: World) -> None:
-    """Delete dora through the facade; her signed-in page stays open."""
+    """Delete dora through the facade; her signed-in page stays open (and is signed out)."""
     if any(u.name == DORA[0] for u in world.asst.users()):
         world.asst.delete_user(DORA[0])
 
@@ -184,6 +184,7 @@ SQL = "'; DROP TABLE messages; --"
 ODD_BUT_FINE = "line one\n\tline two \u202e\u200d"  # tab, newline, bidi and zero-width marks
 WRONG_LOGIN = r"^HTTP 400: .*Incorrect credentials"
 MISSING_FIELD = r"^HTTP 422: .*Field required"
+SIGNED_OUT = r"^HTTP 401: .*Not authenticated"  # a deleted account's open page
 PAUSED_LOGIN = r"^HTTP 429: .*Too many wrong passwords for this account: .*try again in 15 minutes"
 BAD_NAME = r"^exit 1: attune: user name must be 1-64"
 
@@ -247,7 +248,7 @@ CASES = [
         Case(
             "chat",
             ("anyone there?", ""),
-            refused=r"^no user named 'dora'$",
+            refused=SIGNED_OUT,
             as_user="dora",
             prepare=delete_dora,
         ),
@@ -313,10 +314,22 @@ CASES = [
         id="rate-reason-number",
     ),
     pytest.param(
+        Case("explain", (Id("reply"), "why\x00"), refused=r"reason contains a control"),
+        id="explain-reason-NUL",
+    ),
+    pytest.param(
+        Case("explain", (Id("reply"), "r" * 501), refused=r"reason is too long: 501 char"),
+        id="explain-reason-too-long",
+    ),
+    pytest.param(
+        Case("explain", (Id("retracted"), "after all"), refused=r"^rate the reply first"),
+        id="explain-without-a-thumb",
+    ),
+    pytest.param(
         Case(
             "rate",
             (Id("reply"), 1, ""),
-            refused=r"^no user named 'dora'$",
+            refused=SIGNED_OUT,
             as_user="dora",
             prepare=delete_dora,
         ),
@@ -536,6 +549,8 @@ def through_client(api_name: str) -> Callable[..., Answer]:
             )
         except AppError as e:
             return Answer(str(e))
+        except httpx.HTTPStatusError as e:  # a session that ended: the page is signed out
+            return Answer(f"HTTP {e.response.status_code}: {e.response.text}")
 
     return call
 
@@ -593,6 +608,7 @@ SURFACES: dict[str, Callable[..., Answer]] = {
     "chat-bytes": chat_bytes,
     "compare": through_client("/compare"),
     "rate": through_client("/rate"),
+    "explain": through_client("/explain"),
     "choose": through_client("/choose"),
     "sign-in": sign_in,
     "cli": command,

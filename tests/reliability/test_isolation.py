@@ -45,6 +45,7 @@ REFUSALS = re.compile(
             r"^that (message|conversation|A/B pair) belongs to another user$",
             r"^no (message|conversation|A/B pair) .+$",
             r"^Ask a question first",
+            r"^Click a thumb first",  # a reason with no reply id
             r"^That reply is still being written",
             "^" + re.escape(NOT_OPERATOR) + "$",
         ]
@@ -180,6 +181,11 @@ def id_attempts(world: World, bob: Client, page: httpx.Client) -> list[Attempt]:
             for thumb, reason in [(1, "spite"), (-1, "wrong"), (0, "")]
         }
         out |= {f"choose {w}": predicted(bob, "/choose", i, w) for w in WINNERS}
+        out["explain"] = predicted(bob, "/explain", i, "a reason on alice's thumb")
+        out |= {  # private: the "why?" row after a thumb, its presets and own words
+            name: queued(page, index[name], [i, reason])
+            for name, reason in (("why_preset", "harmful"), ("why_own_words", "spite"))
+        }
         out["open_conversation"] = predicted(bob, "/open_conversation", i)
         out |= {  # a conversation that does not teach: public, then the page's private ones
             f"learn_from_conversation {learn}": predicted(bob, "/learn_from_conversation", i, learn)
@@ -193,7 +199,7 @@ def id_attempts(world: World, bob: Client, page: httpx.Client) -> list[Attempt]:
             f"like {liked!r}": queued(
                 page,
                 index["like"],
-                [i, "spite"],
+                [i],
                 {"index": 1, "value": [reply_text], "liked": liked},
             )
             for liked in (True, False, "")
@@ -406,14 +412,14 @@ def test_a_round_for_alice_learns_from_alices_rows_only(
 
 
 def test_a_deleted_accounts_open_session_never_becomes_a_new_account(world: World) -> None:
-    """A sign-in session holds only the user's name (Gradio's token -> username): carl signs
-    in, his account is deleted; his open page is refused, and the name carl is never given to
-    a new account, whose data that page would otherwise read."""
+    """carl signs in, his account is deleted: his open page's session ends (HTTP 401 on its
+    next request, `ui.identity.Sessions`), and the name carl is never given to a new account,
+    whose data a session that outlived its account would otherwise read."""
     world.asst.add_user("carl", password="old-carl-password")
     old_page = Client(world.url, auth=("carl", "old-carl-password"), verbose=False)
     world.asst.delete_user("carl")
     before = snapshot(world.asst.store.db)
-    with pytest.raises(AppError, match="no user"):
+    with pytest.raises(httpx.HTTPStatusError, match="401 Unauthorized"):
         old_page.predict("still there?", "", api_name="/chat")
     with pytest.raises(UserExists, match="belonged to a deleted account"):
         world.asst.add_user("carl", password="new-carl-password")
