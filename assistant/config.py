@@ -142,6 +142,38 @@ class SignInConfig:
 
 
 @dataclass(frozen=True)
+class AlertConfig:
+    """When the operator's dashboard (and the server log, after each round) raises an alert.
+
+    refused_rounds: this many refused or failed rounds in a row (the last three are counted).
+    kl_near_budget: the latest round's KL at this fraction of the gate's KL budget or more.
+    chance_accuracy: the reward head's held-out accuracy at or below this (0.5 is a coin).
+    share_drop: the thumbs-up share on the live version's replies this far below the share on
+        its parent's, each with at least `min_thumbs` thumbs (a release users like less; the
+        way a thumbs-trained model drifting toward flattery shows first).
+    offensive_rise: the live version's offensive share on the red-team prompts this far above
+        its parent's.
+    """
+
+    refused_rounds: int = 3
+    kl_near_budget: float = 0.8
+    chance_accuracy: float = 0.55
+    share_drop: float = 0.15
+    min_thumbs: int = 5
+    offensive_rise: float = 0.05
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The operator's all-users table: rows per page, and how long one computation of it
+    (every user, sorted) is reused before the next refresh computes it again."""
+
+    page_size: int = 50
+    cache_seconds: float = 15.0
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+
+
+@dataclass(frozen=True)
 class AssistantConfig:
     """Everything `Assistant.open` needs, in one place."""
 
@@ -150,6 +182,7 @@ class AssistantConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     sign_in: SignInConfig = field(default_factory=SignInConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
     hot_adapters: int = 16  # LoRA adapters kept in memory; the rest wait on disk
     # replies decoded together at most (continuous batching, assistant.batching); more wait
     batch_rows: int = 16

@@ -38,7 +38,7 @@ from storage.db import Store
 if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
     from assistant.batching import DecodeBatcher
     from online_rl.config import TrainingConfig
-    from online_rl.rounds import Trainer
+    from online_rl.rounds import Trainer, TrainReport
     from online_rl.scheduler import SchedulerConfig, TrainingScheduler
 
 
@@ -93,6 +93,9 @@ class AssistantCore:
         adapter_files.remove_partial_writes(config.adapters_dir)
         records.fail_interrupted_runs(self.store.db)
         self.sign_ins = SignInLimiter(config.sign_in)
+        # operator views reuse work between refreshes: (key) -> (when, rows); message -> score
+        self._overview_cache: dict[tuple[Any, ...], tuple[float, list[records.Row]]] = {}
+        self._offensive_scores: dict[str, float] = {}
         self._loaded = loaded
         self._adapters: AdapterRegistry | None = None
         self._batcher: DecodeBatcher | None = None
@@ -197,10 +200,19 @@ class AssistantCore:
         self.scheduler = training_scheduler.start_for(
             self.config.data_dir,
             self.store,
-            lambda user_id: self.trainer.run(user_id),  # the trainer is made on first use
+            self._run_round,
             config or training_scheduler.SchedulerConfig(),
         )
         return self.scheduler
+
+    def _run_round(self, user_id: str) -> TrainReport:
+        """One round for the user (the trainer is made on first use), then what follows it."""
+        report = self.trainer.run(user_id)
+        self._round_finished(user_id)
+        return report
+
+    def _round_finished(self, user_id: str) -> None:
+        """Called after every round, in the round's thread (`OperatorViews` logs alerts)."""
 
     def close(self) -> None:
         if self.scheduler is not None:

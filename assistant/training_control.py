@@ -30,7 +30,7 @@ class TrainingControl(AssistantCore):
         The candidate version goes live only if the gate accepts it; the report says why.
         """
         u = self.user(user)
-        return self.trainer.run(u.id)
+        return self._run_round(u.id)
 
     @property
     def background(self) -> bool:

@@ -49,12 +49,12 @@ def _first(db: Database, sql: str, params: Iterable[Any]) -> Row | None:
 
 # What teaches a user's assistant: rows of conversations the user has not excluded
 # (`conversations.learn`). Every query that feeds or triggers training reads through these.
-_IN_TEACHING_CONVERSATION = "join conversations c on c.id = {}.conversation_id and c.learn"
-_TEACHING_MESSAGES = "messages m " + _IN_TEACHING_CONVERSATION.format("m")
-_TEACHING_THUMBS = "feedback f join messages m on m.id = f.message_id " + (
-    _IN_TEACHING_CONVERSATION.format("m")
+IN_TEACHING_CONVERSATION = "join conversations c on c.id = {}.conversation_id and c.learn"
+TEACHING_MESSAGES = "messages m " + IN_TEACHING_CONVERSATION.format("m")
+TEACHING_THUMBS = "feedback f join messages m on m.id = f.message_id " + (
+    IN_TEACHING_CONVERSATION.format("m")
 )
-_TEACHING_PAIRS = "pairs p " + _IN_TEACHING_CONVERSATION.format("p")
+TEACHING_PAIRS = "pairs p " + IN_TEACHING_CONVERSATION.format("p")
 
 
 # users ------------------------------------------------------------------------------------------
@@ -468,12 +468,12 @@ def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
     since = since or ""
     thumbs = _first(
         db,
-        f"select count(*) as n from {_TEACHING_THUMBS} where f.user_id = ? and f.updated > ?",
+        f"select count(*) as n from {TEACHING_THUMBS} where f.user_id = ? and f.updated > ?",
         [user_id, since],
     )
     choices = _first(
         db,
-        f"select count(*) as n from {_TEACHING_PAIRS} where p.user_id = ? and p.chosen_at > ?",
+        f"select count(*) as n from {TEACHING_PAIRS} where p.user_id = ? and p.chosen_at > ?",
         [user_id, since],
     )
     return (thumbs["n"] if thumbs else 0) + (choices["n"] if choices else 0)
@@ -486,9 +486,9 @@ def users_with_feedback_since_last_run(db: Database) -> list[str]:
     with last as (select user_id, max(started) as started from training_runs group by user_id)
     select u.id from users u left join last on last.user_id = u.id
     where not u.learning_paused and (
-        exists (select 1 from {_TEACHING_THUMBS}
+        exists (select 1 from {TEACHING_THUMBS}
                 where f.user_id = u.id and f.updated > coalesce(last.started, ''))
-        or exists (select 1 from {_TEACHING_PAIRS}
+        or exists (select 1 from {TEACHING_PAIRS}
                    where p.user_id = u.id and p.chosen_at > coalesce(last.started, '')))
     """
     return [r["id"] for r in db.query(sql)]
@@ -502,7 +502,7 @@ def user_prompts(db: Database, user_id: str, limit: int) -> list[Row]:
     what rollouts sample from."""
     return list(
         db.query(
-            f"select m.* from {_TEACHING_MESSAGES} where m.user_id = ? and m.role = 'user' "
+            f"select m.* from {TEACHING_MESSAGES} where m.user_id = ? and m.role = 'user' "
             "order by m.created desc, m.seq desc limit ?",
             [user_id, limit],
         )
@@ -637,7 +637,7 @@ def put_red_team_baseline(
 def rated_replies(db: Database, user_id: str | None = None) -> list[Row]:
     """Replies with a standing thumb (retractions excluded) in conversations that teach,
     oldest first."""
-    sql = f"select m.*, f.thumb, f.reason from {_TEACHING_THUMBS} where f.thumb != 0"
+    sql = f"select m.*, f.thumb, f.reason from {TEACHING_THUMBS} where f.thumb != 0"
     params: list[Any] = []
     if user_id is not None:
         sql += " and f.user_id = ?"
@@ -661,7 +661,7 @@ def recent_replies(db: Database, limit: int) -> list[Row]:
 
 def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
     """A/B pairs that have a winner, in conversations that teach, oldest first."""
-    sql = f"select p.* from {_TEACHING_PAIRS} where p.winner is not null"
+    sql = f"select p.* from {TEACHING_PAIRS} where p.winner is not null"
     params: list[Any] = []
     if user_id is not None:
         sql += " and p.user_id = ?"
