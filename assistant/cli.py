@@ -405,7 +405,7 @@ def parser() -> argparse.ArgumentParser:
         "name",
         help="which benchmark: quantize, personalize, chat-during-training, load, ppo-vs-trl, "
         "serving, decode-variants, adaptation, footprint, gate, heads, compare, oracle, "
-        "round-sampling",
+        "round-sampling, overview",
     )
     bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="the benchmark's own options (NAME --help)"

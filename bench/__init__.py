@@ -27,6 +27,7 @@ BENCHMARKS = {
     "compare": "bench.compare",
     "oracle": "bench.oracle",
     "round-sampling": "bench.round_sampling",
+    "overview": "bench.overview",
 }
 
 

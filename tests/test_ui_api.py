@@ -32,6 +32,11 @@ PRIVATE_OPERATOR_EVENTS = {
     "operator_after_rollback",
     "operator_after_train",
     "operator_first_view",
+    "users_on_timer",
+    "users_first_view",
+    "operator_pick_row",
+    "operator_after_pick",
+    "feedback_conversation",
 }
 
 
@@ -211,12 +216,14 @@ def operator_components(config: dict[str, Any]) -> set[int]:
     return inside(config["layout"], False)
 
 
-def call_like_the_page(session: httpx.Client, fn_index: int, data: list[Any]) -> dict:
+def call_like_the_page(
+    session: httpx.Client, fn_index: int, data: list[Any], event_data: Any = None
+) -> dict:
     """Join the queue for one event by its index, as the page does (private events have no
     api name for clients), and return the finished message."""
     session_hash = uuid.uuid4().hex
     body = {"data": data, "fn_index": fn_index, "session_hash": session_hash}
-    joined = session.post("gradio_api/queue/join", json=body | {"event_data": None})
+    joined = session.post("gradio_api/queue/join", json=body | {"event_data": event_data})
     assert joined.status_code == 200, joined.text
     params = {"session_hash": session_hash}
     with session.stream("GET", "gradio_api/queue/data", params=params) as events:
@@ -227,23 +234,40 @@ def call_like_the_page(session: httpx.Client, fn_index: int, data: list[Any]) ->
     raise AssertionError(f"event {fn_index} never completed")
 
 
+def page_value(component: dict[str, Any]) -> Any:
+    """A value the page could send for this input (a choice among a list's choices), naming
+    alice where text goes."""
+    kind, props = component["type"], component.get("props", {})
+    if kind == "number":
+        return props.get("minimum") or 0
+    if kind == "checkbox":
+        return False
+    if kind == "state":
+        return None
+    if kind in ("dropdown", "radio") and not props.get("allow_custom_value"):
+        return props["choices"][0][1]  # (label, value) pairs
+    return "alice"
+
+
 def test_no_event_gives_operator_data_to_a_non_operator(app: tuple) -> None:
     """Every event that fills the Operator tab, private ones included, checks the role
     server-side: called directly by a signed-in user it refuses or changes nothing."""
     asst, url = app
     with signed_in_session(url, "bob") as bob:
         config = bob.get("config").json()
-        kinds = {c["id"]: c["type"] for c in config["components"]}
+        components = {c["id"]: c for c in config["components"]}
         tab = operator_components(config)
         events = [d for d in config["dependencies"] if set(d["outputs"]) & tab]
         assert {d["api_name"] for d in events} >= PRIVATE_OPERATOR_EVENTS
         before = row_counts(asst)
         for event in events:
-            data = [0 if kinds[i] == "number" else "alice" for i in event["inputs"]]
-            done = call_like_the_page(bob, event["id"], data)
+            data = [page_value(components[i]) for i in event["inputs"]]
+            row_clicked = {"index": [0, 0], "value": "alice", "selected": True}
+            done = call_like_the_page(bob, event["id"], data, row_clicked)
             if done["success"]:
                 outputs = done["output"]["data"]
-                assert all(set(o) <= NO_DATA for o in outputs), (event["api_name"], outputs)
+                shown = [o for o in outputs if o is not None]  # None: a gr.State, never sent
+                assert all(set(o) <= NO_DATA for o in shown), (event["api_name"], outputs)
             else:
                 assert done["output"]["error"] == NOT_OPERATOR, event["api_name"]
         assert row_counts(asst) == before

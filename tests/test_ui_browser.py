@@ -2,7 +2,8 @@
 
 Sign in, send a message and watch the reply stream in, thumbs up and a reason after it, reload
 (the conversation and its thumb come back from storage), click the thumb again to retract it,
-an A/B choice, then sign in as an operator and see the trend plot. A screenshot per step goes to
+an A/B choice, then sign in as an operator and see the trend plot, every user at a glance
+and the feedback browser. A screenshot per step goes to
 `<tmp_path>/screenshots`, taken when the step ends, also when it fails (`pytest -s` prints the
 folder; `pytest --basetemp=DIR` puts it at a fixed path for CI artifacts).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -231,11 +233,38 @@ def test_sign_in_chat_thumbs_choice_and_operator_plot(
     page.close()
 
     with shots.step("6-operator-trend", full_page=True):
+        asst.rate("alice", reply["id"], -1)
+        asst.explain("alice", reply["id"], "too long")
         page = shots.page = sign_in(browser, url, "olga")
         page.get_by_role("tab", name=operator_tab).click()
         plot = page.locator("#reward-plot")
         plot.get_by_text("reward after (candidate)").first.wait_for()
         plot.locator("canvas, svg").first.wait_for()
+
+    with shots.step("7-all-users-and-feedback-browser", full_page=True):
+        page.get_by_text("Page 1 of 1 · 3 users").wait_for()  # every user, one row each
+        page.locator("#all-users [role=gridcell]", has_text="bob").first.click()  # picks bob below
+        page.get_by_text("**bob**").or_(page.locator("text=bob: training runs")).first.wait_for()
+        page.get_by_text("Feedback browser").click()
+        reason = page.get_by_label("Reason contains")
+        reason.fill("too")
+        reason.press("Enter")
+        page.get_by_text("Page 1 of 1 · 1 thumbs").wait_for()
+        cell = page.locator("#feedback-browser [role=gridcell]", has_text="too long").first
+        cell.wait_for()
+        cell.click()  # its conversation, below
+        page.locator("#feedback-conversation").get_by_text("Hello from a real browser").wait_for()
+        page.locator("#feedback-conversation").get_by_text("(thumbs down)").wait_for()
+        page.get_by_role("button", name="Export feedback").click()
+        link = page.locator("#feedback-export a[download]").first
+        link.wait_for()
+        with page.expect_download() as download:
+            link.click()
+        saved = tmp_path / "feedback.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as archive:
+            assert sorted(archive.namelist()) == ["preference.jsonl", "unpaired.jsonl"]
+            assert b"Hello from a real browser" in archive.read("unpaired.jsonl")
     assert sorted(p.name for p in shots.folder.iterdir()) == [
         "1-signed-in.png",
         "2-streamed-reply.png",
@@ -243,6 +272,7 @@ def test_sign_in_chat_thumbs_choice_and_operator_plot(
         "4-reload-and-retract.png",
         "5-ab-choice.png",
         "6-operator-trend.png",
+        "7-all-users-and-feedback-browser.png",
     ]
 
 

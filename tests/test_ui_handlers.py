@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from assistant import HARMFUL_REASON, Assistant, Delta, GenerationConfig, Invali
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, add_users, as_user, seed_runs
-from ui import history
+from ui import downloads, history
 from ui.app import build_app
 from ui.chat import NOT_ON_SCREEN, Chat, thumb_of, visible_text
 from ui.compare import DECIDED_ALREADY, Compare
@@ -28,6 +29,7 @@ from ui.config import MAX_NEW_TOKENS_LIMIT, ServeConfig
 from ui.errors import UNEXPECTED, readable_errors
 from ui.identity import NOT_OPERATOR, NOT_SIGNED_IN
 from ui.operator import Operator, metric_frame, reward_frame
+from ui.overview import NO_ALERTS, OVERVIEW_COLUMNS, Overview
 from ui.panel import describe
 from ui.serve import FIRST_ACCOUNTS, first_accounts
 
@@ -536,3 +538,47 @@ def test_my_trend_says_thumbs_per_version_and_each_round_in_words(users: Assista
 
     sources = "".join(Path(m.__file__).read_text() for m in (gate, publish, rounds))
     assert all(marker in sources for marker, _ in ROUND_WORDS)
+
+
+def test_the_operators_all_users_table_and_feedback_browser(users: Assistant) -> None:
+    chat = Chat(users, FAST)
+    reply = chat_once(chat, "alice", "a question to rate")
+    users.rate("alice", reply["message_id"], -1)
+    users.explain("alice", reply["message_id"], "off topic")
+    overview = Overview(users)
+    olga = as_user("olga")
+    frame, note, alerts, names = overview.table("flagged", True, 1, "", olga)
+    assert names == ["alice", "bob", "olga"] and note == "Page 1 of 1 · 3 users"
+    assert list(frame.columns) == OVERVIEW_COLUMNS and alerts == NO_ALERTS
+    frame, note, links = overview.feedback("alice", "down", "off", "", 1, olga)
+    assert frame.iloc[0]["reason"] == "off topic" and note == "Page 1 of 1 · 1 thumbs"
+    said = overview.conversation(
+        links, olga, gr.SelectData(None, {"index": [0, 3], "value": "off topic"})
+    )
+    assert "a question to rate" in said and "(thumbs down)" in said
+    assert (
+        overview.pick(names, olga, gr.SelectData(None, {"index": [1, 0], "value": "bob"})) == "bob"
+    )
+    with pytest.raises(gr.Error, match="whole number"):
+        overview.feedback("", "both", "", "two", 1, olga)
+    with pytest.raises(gr.Error, match="not on this page"):
+        overview.pick(names, olga, gr.SelectData(None, {"index": [7, 0], "value": "x"}))
+    for call in (
+        lambda: overview.table("user", False, 1, "", as_user("bob")),
+        lambda: overview.feedback("", "both", "", "", 1, as_user("bob")),
+        lambda: overview.export("", as_user("bob")),
+        lambda: overview.conversation(
+            links, as_user("bob"), gr.SelectData(None, {"index": 0, "value": "x"})
+        ),
+    ):
+        with pytest.raises(gr.Error, match=re.escape(NOT_OPERATOR)):
+            call()
+    assert overview.first_table("user", False, 1, "", as_user("bob")) == (gr.skip(),) * 4
+
+
+def test_offered_downloads_are_swept_after_a_while(tmp_path: Path) -> None:
+    first = downloads.offer("one.json", b"{}")
+    second = downloads.offer("one.json", b"[]")  # same name, another user: no clash
+    assert first != second and first.read_bytes() == b"{}"
+    downloads.sweep(now=time.time() + downloads.KEEP_S + 1)
+    assert not first.exists() and not second.exists()

@@ -33,6 +33,7 @@ from ui.compare import HELP, WINNERS, Compare
 from ui.config import ServeConfig
 from ui.controls import Controls
 from ui.operator import Operator
+from ui.overview import SORTS, THUMB_FILTERS, Overview
 from ui.panel import Panel
 
 GENERATION = "generation"  # the concurrency group of everything that runs the model
@@ -43,12 +44,13 @@ PRIVATE = {"api_visibility": "private"}
 
 def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
     """The whole web app for one facade; launch it with `ui.serve.launch`."""
-    chat, compare, panel, ops, controls = (
+    chat, compare, panel, ops, controls, overview = (
         Chat(asst, config),
         Compare(asst, config),
         Panel(asst),
         Operator(asst, config),
         Controls(asst),
+        Overview(asst),
     )
     with gr.Blocks(title="attune", analytics_enabled=False) as app:
         with gr.Row():
@@ -117,6 +119,19 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                     pair_id = gr.Textbox(visible=False, label="pair id")
                     choice_note = gr.Markdown()
                 with gr.Tab("Operator", id="operator", visible=False) as operator_tab:
+                    alerts_text = gr.Markdown(elem_id="alerts")
+                    with gr.Row():
+                        sort = gr.Dropdown(label="Sort by", choices=list(SORTS), value="user")
+                        descending = gr.Checkbox(label="Descending", value=False)
+                        name_filter = gr.Textbox(label="User name contains")
+                        users_page = gr.Number(label="Page", value=1, precision=0, minimum=1)
+                    users_table = gr.Dataframe(
+                        label="All users (click a row to see that user below)",
+                        interactive=False,
+                        elem_id="all-users",
+                    )
+                    users_note = gr.Markdown()
+                    users_on_page = gr.State([])
                     with gr.Row():
                         picked = gr.Dropdown(
                             label="User", choices=[], allow_custom_value=True, scale=3
@@ -157,6 +172,30 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                         interactive=False,
                         wrap=True,
                     )
+                    with gr.Accordion("Feedback browser", open=False):
+                        with gr.Row():
+                            fb_user = gr.Textbox(label="User (exact name; empty: everyone)")
+                            fb_thumb = gr.Radio(list(THUMB_FILTERS), value="both", label="Thumbs")
+                            fb_reason = gr.Textbox(label="Reason contains")
+                            fb_version = gr.Textbox(label="Version (empty: any)")
+                            fb_page = gr.Number(label="Page", value=1, precision=0, minimum=1)
+                        fb_table = gr.Dataframe(
+                            label="Thumbs, newest first (click one to read its conversation)",
+                            interactive=False,
+                            wrap=True,
+                            elem_id="feedback-browser",
+                        )
+                        fb_note = gr.Markdown()
+                        fb_links = gr.State([])
+                        fb_conversation = gr.Markdown(elem_id="feedback-conversation")
+                        with gr.Row():
+                            export_button = gr.Button("Export feedback (TRL JSONL, zipped)")
+                            export_file = gr.File(
+                                label="Export",
+                                visible=False,
+                                interactive=False,
+                                elem_id="feedback-export",
+                            )
                     operator_timer = gr.Timer(config.refresh_seconds, active=False)
             with gr.Column(scale=1, min_width=220):
                 panel_text = gr.Markdown(elem_id="assistant-panel")
@@ -199,6 +238,13 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             **QUICK,
         }
 
+        users = {
+            "fn": overview.table,
+            "inputs": [sort, descending, users_page, name_filter],
+            "outputs": [users_table, users_note, alerts_text, users_on_page],
+            **QUICK,
+        }
+
         # page load: history from storage, the panel, the operator tab for operators only
         restored = app.load(
             chat.restore,
@@ -208,13 +254,19 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             **PRIVATE,
         )
         app.load(**(refresh_panel | {"api_visibility": "public"}), api_name="assistant_panel")
-        app.load(
+        operator_started = app.load(
             ops.start,
             outputs=[operator_tab, operator_timer],
             api_name="operator_start",
             **QUICK,
             **PRIVATE,
-        ).then(**(dashboard | {"fn": ops.first_view}), api_name="operator_first_view", **PRIVATE)
+        )
+        operator_started.then(
+            **(dashboard | {"fn": ops.first_view}), api_name="operator_first_view", **PRIVATE
+        )
+        operator_started.then(
+            **(users | {"fn": overview.first_table}), api_name="users_first_view", **PRIVATE
+        )
         panel_timer.tick(**refresh_panel, api_name="panel_on_timer")
 
         # chat
@@ -252,9 +304,12 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             **QUICK,
             **PRIVATE,
         ).then(**refresh_panel, api_name="panel_after_like")
-        why = {"outputs": why_own, **QUICK, **PRIVATE}
-        why_preset.input(chat.explain, [rated, why_preset], api_name="why_preset", **why)
-        why_own.submit(chat.explain, [rated, why_own], api_name="why_own_words", **why)
+        why_preset.input(
+            chat.explain_preset, [rated, why_preset], api_name="why_preset", **QUICK, **PRIVATE
+        )
+        why_own.submit(
+            chat.explain, [rated, why_own], why_own, api_name="why_own_words", **QUICK, **PRIVATE
+        )
         gr.api(chat.explain, api_name="explain", concurrency_limit=None)
         gr.api(chat.rate, api_name="rate", concurrency_limit=None)
 
@@ -325,7 +380,40 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             **QUICK,
         ).success(None, js="() => { window.location.href = '/logout'; }")
 
-        # operator
+        # operator: all users, alerts, the feedback browser
+        gr.on(
+            [sort.input, descending.input, users_page.submit, name_filter.submit],
+            **users,
+            api_name="users_overview",
+        )
+        operator_timer.tick(**users, api_name="users_on_timer", **PRIVATE)
+        users_table.select(
+            overview.pick,
+            inputs=users_on_page,
+            outputs=picked,
+            api_name="operator_pick_row",
+            **QUICK,
+            **PRIVATE,
+        ).then(**dashboard, api_name="operator_after_pick", **PRIVATE)
+        gr.on(
+            [fb_thumb.input, fb_user.submit, fb_reason.submit, fb_version.submit, fb_page.submit],
+            overview.feedback,
+            inputs=[fb_user, fb_thumb, fb_reason, fb_version, fb_page],
+            outputs=[fb_table, fb_note, fb_links],
+            api_name="feedback_browser",
+            **QUICK,
+        )
+        fb_table.select(
+            overview.conversation,
+            inputs=fb_links,
+            outputs=fb_conversation,
+            api_name="feedback_conversation",
+            **QUICK,
+            **PRIVATE,
+        )
+        export_button.click(
+            overview.export, inputs=fb_user, outputs=export_file, api_name="export_feedback"
+        )
         gr.on([refresh_button.click, picked.input], **dashboard, api_name="operator_data")
         operator_timer.tick(**dashboard, api_name="operator_on_timer", **PRIVATE)
         rollback_button.click(

@@ -198,6 +198,11 @@ class Chat:
             gr.Info(f"{REASON_SAVED}: {reason.strip()}")
             return ""
 
+    def explain_preset(self, message_id: str | None, reason: str | None, request: gr.Request):
+        """A preset reason picked: like `explain`, leaving the own-words box as the user has
+        it (a reply that emptied it could land after they started typing)."""
+        self.explain(message_id, reason, request)
+
     def rate(self, message_id: str, thumb: int, reason: str, request: gr.Request) -> str:
         """API: rate one of your replies by id: thumb 1 (up), -1 (down) or 0 (retract),
         with an optional reason ("" for none)."""

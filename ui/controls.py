@@ -9,12 +9,11 @@ account's password.
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 
 from assistant import Assistant
+from ui import downloads
 from ui.errors import readable_errors
 from ui.identity import signed_in
 
@@ -94,9 +93,8 @@ class Controls:
         with readable_errors():
             user = signed_in(request)
             data = self.asst.my_data(user)
-        folder = Path(tempfile.mkdtemp(prefix="attune-my-data-"))
-        path = folder / f"attune-{user}-data.json"
-        path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        text = json.dumps(data, ensure_ascii=False, indent=1)
+        path = downloads.offer(f"attune-{user}-data.json", text.encode("utf-8"))
         return gr.File(value=str(path), visible=True)
 
     def delete_account(self, password: str, request: gr.Request) -> str:

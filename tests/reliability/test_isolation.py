@@ -63,6 +63,7 @@ NOTHING_TO_REFUSE = {
     ("learn_after_chat", "empty"),
     ("learns_after_open", "empty"),  # a new conversation learns
     *(("operator_first_view", picked) for picked in ("alice", "bob", "")),
+    *(("users_first_view", picked) for picked in ("alice", "bob", "")),
     ("operator_start", "-"),
 }
 OPERATOR_EVENTS = {  # every event that fills the Operator tab (checked against the layout)
@@ -74,6 +75,21 @@ OPERATOR_EVENTS = {  # every event that fills the Operator tab (checked against 
     "operator_after_rollback": "private",
     "train_now": "public",
     "operator_after_train": "private",
+    "users_overview": "public",
+    "users_on_timer": "private",
+    "users_first_view": "private",
+    "operator_pick_row": "private",
+    "operator_after_pick": "private",
+    "feedback_browser": "public",
+    "feedback_conversation": "private",
+    "export_feedback": "public",
+}
+PICKED_ONLY = {  # private operator events whose one input is the picked user
+    "operator_first_view",
+    "operator_on_timer",
+    "operator_after_rollback",
+    "operator_after_train",
+    "operator_after_pick",
 }
 
 
@@ -230,8 +246,25 @@ def operator_attempts(bob: Client, page: httpx.Client) -> list[Attempt]:
         ]
         out += [
             Attempt(name, picked, picked, queued(page, index[name], [picked]))
-            for name, kind in OPERATOR_EVENTS.items()
-            if kind == "private" and name != "operator_start"
+            for name in PICKED_ONLY
+        ]
+        table = ["user", False, 1, picked]  # sort, descending, page, name filter
+        browse = [picked, "both", "", "", 1]  # user, thumbs, reason, version, page
+        row = {"index": [0, 0], "value": picked, "selected": True}
+        out += [
+            Attempt("users_overview", picked, picked, predicted(bob, "/users_overview", *table)),
+            Attempt(
+                "feedback_browser", picked, picked, predicted(bob, "/feedback_browser", *browse)
+            ),
+            Attempt("export_feedback", picked, picked, predicted(bob, "/export_feedback", picked)),
+            *(
+                Attempt(name, picked, picked, queued(page, index[name], table))
+                for name in ("users_on_timer", "users_first_view")
+            ),
+            *(  # a row clicked: the rows on the page are the server's own (gr.State)
+                Attempt(name, picked, picked, queued(page, index[name], [None], row))
+                for name in ("operator_pick_row", "feedback_conversation")
+            ),
         ]
     out.append(Attempt("operator_start", "-", "", queued(page, index["operator_start"], [])))
     return out
@@ -265,7 +298,8 @@ def problems_with(attempt: Attempt, answer: Answer, world: World) -> list[str]:
         problems.append(f"unexpected error {answer.error!r}")
     if answer.error is None and attempt.endpoint in OPERATOR_EVENTS:
         outputs = answer.output if isinstance(answer.output, list) else [answer.output]
-        if not all(isinstance(o, dict) and set(o) <= NO_DATA for o in outputs):
+        shown = [o for o in outputs if o is not None]  # None: a gr.State, never sent
+        if not all(isinstance(o, dict) and set(o) <= NO_DATA for o in shown):
             problems.append(f"operator data answered: {said[:200]}")
     texts = [MARKER, *(t for t in world.alice_texts if len(t.strip()) >= 8)]
     # searched in the strings themselves: JSON escapes the quotes and control characters of
