@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from assistant import traits
 from assistant.core import AssistantCore
 from assistant.errors import (
     InvalidInput,
@@ -142,6 +143,37 @@ class TrainingControl(AssistantCore):
             }
             for r in rows
         ]
+
+    def what_changed(self, user: str) -> list[dict[str, Any]]:
+        """What each version the user's assistant adopted changed, newest first: measured when
+        the release gate compared it with the version before it (`compared_with`, 0 = the
+        base) on the user's own held-out questions with the same seeds (`pairs` of them), as
+        sentences ("answers about 40% shorter", `assistant.traits`), with one of those
+        questions and both versions' replies to it (`question`, `before`, `after`)."""
+        out = []
+        for c in records.version_changes(self.store.db, self.user(user).id):
+            before = {name: pair[0] for name, pair in c["traits"].items()}
+            after = {name: pair[1] for name, pair in c["traits"].items()}
+            out.append(
+                {
+                    "version": c["version"],
+                    "compared_with": c["compared_with"],
+                    "pairs": c["pairs"],
+                    "created": c["created"],
+                    "changes": traits.describe(before, after),
+                    "traits": c["traits"],
+                    "question": c["question"],
+                    "before": c["before_text"],
+                    "after": c["after_text"],
+                }
+            )
+        return out
+
+    def my_reasons(self, user: str) -> list[dict[str, Any]]:
+        """The reasons the user gave with their standing thumbs, most given first:
+        {"reason", "thumb", "count"}."""
+        rows = records.reason_tally(self.store.db, self.user(user).id)
+        return [{"reason": r["reason"], "thumb": r["thumb"], "count": r["n"]} for r in rows]
 
     def my_data(self, user: str) -> dict[str, Any]:
         """Everything kept about the user, as JSON-ready data (`storage.user_export`)."""

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from assistant import traits
 from assistant.model import LoadedModel
 from online_rl import gate, release_tests, safety, sampling
 from online_rl.config import TrainingConfig
@@ -44,6 +45,7 @@ class GateMeasure:
     live_text: gate.TextStats
     reward_before: float  # live's mean score on the held-out pairs
     reward_after: float  # the candidate's
+    pairs: HeldOutPairs  # the texts the two versions wrote on the same questions and seeds
 
     def metrics(self) -> dict[str, Any]:
         red = self.red_team
@@ -70,6 +72,37 @@ class GateMeasure:
         }
 
 
+@dataclass(frozen=True)
+class HeldOutPairs:
+    """The gate's held-out pairs as text: per pair, the question it was asked (an index into
+    the round's held-out prompts), the candidate's and live's replies, and the reward gain."""
+
+    questions: list[int]
+    candidate: list[str]
+    live: list[str]
+    gains: list[float]
+
+    def change(self, question_texts: Sequence[str]) -> VersionChange:
+        """What the candidate does differently, measured on these pairs (`assistant.traits`),
+        and the pair it gained most on as an example (a pair with two different replies)."""
+        before, after = traits.measure(self.live), traits.measure(self.candidate)
+        differ = [i for i in range(len(self.gains)) if self.candidate[i] != self.live[i]]
+        example = None
+        if differ:
+            best = max(differ, key=lambda i: self.gains[i])
+            question = question_texts[self.questions[best]]
+            example = (question, self.live[best], self.candidate[best])
+        measured = {name: (before[name], after[name]) for name in before}
+        return VersionChange(len(self.gains), measured, example)
+
+
+@dataclass(frozen=True)
+class VersionChange:
+    pairs: int
+    traits: dict[str, tuple[float, float]]  # trait -> (live's mean, the candidate's)
+    example: tuple[str, str, str] | None  # (question, live's reply, the candidate's)
+
+
 @dataclass
 class GateSamples:
     """Everything the gate has sampled so far in a round, in order."""
@@ -86,6 +119,7 @@ class GateSamples:
     red_prompt: list[int] = field(default_factory=list)  # which red-team prompt, per reply
     red_flagged: list[bool] = field(default_factory=list)
     red_probability: list[float] = field(default_factory=list)
+    questions: list[int] = field(default_factory=list)  # which held-out prompt, per pair
 
     def gain_look(self, config: gate.GateConfig) -> Look:
         """The improvement test on the pairs so far (their signs, or the gains themselves)."""
@@ -140,6 +174,12 @@ class GateSamples:
             live_text=gate.text_stats(self.live_texts, self.live_ended),
             reward_before=sum(self.live_scores) / n,
             reward_after=sum(self.candidate_scores) / n,
+            pairs=HeldOutPairs(
+                list(self.questions),
+                list(self.candidate_texts),
+                list(self.live_texts),
+                list(self.gains),
+            ),
         )
 
 
@@ -176,16 +216,17 @@ def measure_gate(
 ) -> GateMeasure:
     """Sample the gate's replies in stages until both release tests decide (module docstring)."""
     g = config.gate
-    order = rng.sample(heldout_prompts, len(heldout_prompts))
+    order = rng.sample(range(len(heldout_prompts)), len(heldout_prompts))  # question indices
     seen = GateSamples()
     gain: Look | None = None
     while need := still_needed(gain, g.improvement, len(seen.gains)):
-        _sample_pairs(policy, base, seen, order, need, rng, score, config)
+        _sample_pairs(policy, base, seen, heldout_prompts, order, need, rng, score, config)
         gain = seen.gain_look(g)
     assert gain is not None, "the first stage always samples pairs"
     if gain.verdict == "pass" and len(seen.gains) < g.text_pairs:
         # decided early: the text and KL checks still read `text_pairs` pairs
-        _sample_pairs(policy, base, seen, order, g.text_pairs - len(seen.gains), rng, score, config)
+        more = g.text_pairs - len(seen.gains)
+        _sample_pairs(policy, base, seen, heldout_prompts, order, more, rng, score, config)
     looks: gate.RedTeamLooks | None = None
     if gain.verdict != "pass" or not red_team.prompts:
         return seen.measure(gain, looks)
@@ -213,15 +254,18 @@ def _sample_pairs(
     policy: TrainablePolicy,
     base: LoadedModel,
     seen: GateSamples,
-    order: list[list[int]],
+    heldout_prompts: list[list[int]],
+    order: list[int],
     need: int,
     rng: random.Random,
     score: Callable[[torch.Tensor], torch.Tensor],
     config: TrainingConfig,
 ) -> None:
-    """`need` more held-out pairs: candidate and live on the next prompts of `order`, each
+    """`need` more held-out pairs: candidate and live on the next prompts in `order`, each
     pair on one fresh seed."""
-    prompts = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
+    questions = [order[(len(seen.gains) + i) % len(order)] for i in range(need)]
+    seen.questions += questions
+    prompts = [heldout_prompts[q] for q in questions]
     seeds = [rng.randrange(2**31) for _ in range(need)]
     names = [TRAINABLE] * need + [policy.reference_name] * need
     replies, ended = gate_replies(

@@ -267,7 +267,7 @@ class Trainer:
         laps.lap("reward")
 
         # 2. start from the live version (or a refused candidate of it); warm start ----------------
-        train_prompts, heldout_prompts = user_prompts(
+        train_prompts, heldout_prompts, heldout_texts = user_prompts(
             db, self.prompting, user_id, rc.prompt_pool, rc.heldout_share
         )
         live_version, live_path = self.context.serving_version(user_id)
@@ -373,6 +373,11 @@ class Trainer:
         }
 
         def finish(published: Published) -> TrainReport:
+            if published.accepted:  # what it changed, for the user to read
+                change = measure.pairs.change(heldout_texts)
+                records.add_version_change(
+                    db, user_id, version, live_version, change.pairs, change.traits, change.example
+                )
             report = TrainReport(
                 published.accepted,
                 version,

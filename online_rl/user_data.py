@@ -124,9 +124,10 @@ def user_feedback(db: Any, user_id: str | None, config: safety.SafetyConfig) -> 
 
 def user_prompts(
     db: Any, prompting: Prompting, user_id: str, pool: int, heldout_share: float
-) -> tuple[list[list[int]], list[list[int]]]:
-    """(rollout prompts, held-out prompts) from the user's `pool` most recent messages,
-    deduplicated. The split is by a hash of the text, so a prompt stays on its side."""
+) -> tuple[list[list[int]], list[list[int]], list[str]]:
+    """(rollout prompts, held-out prompts, the held-out prompts' texts) from the user's `pool`
+    most recent messages, deduplicated. The split is by a hash of the text, so a prompt stays
+    on its side."""
     seen: dict[str, list[int]] = {}
     for m in records.user_prompts(db, user_id, pool):
         if m["text"] in seen:
@@ -137,7 +138,7 @@ def user_prompts(
     n_heldout = max(1, round(len(ordered) * heldout_share))
     held_out = [ids for _, ids in ordered[:n_heldout]]
     train = [ids for _, ids in ordered[n_heldout:]] or held_out
-    return train, held_out
+    return train, held_out, [text for text, _ in ordered[:n_heldout]]
 
 
 def cached_features(

@@ -238,6 +238,31 @@ def m009_learning_controls(db: Database) -> None:
     db["conversations"].add_column("learn", int, not_null_default=1)
 
 
+@migrations()
+def m010_version_changes(db: Database) -> None:
+    """What each accepted version changed, measured when the gate compared it with the
+    version before it: trait means of both on the same questions and seeds (JSON), and one
+    of those questions with both replies (the user's before / after)."""
+    db["version_changes"].create(
+        {
+            "id": str,
+            "user_id": str,
+            "version": int,
+            "compared_with": int,  # 0 = the bare base model
+            "pairs": int,  # question-and-seed pairs the traits were measured on
+            "traits": str,  # JSON: {trait: [before, after]}
+            "question": str,
+            "before_text": str,
+            "after_text": str,
+            "created": str,
+        },
+        pk="id",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "version", "compared_with", "traits", "created"},
+    )
+    db["version_changes"].create_index(["user_id", "version"], unique=True)
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

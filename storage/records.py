@@ -23,6 +23,7 @@ from storage.db import writing
 Row = dict[str, Any]
 
 USER_TABLES_BY_DEPENDENCY = (
+    "version_changes",
     "liked_samples",
     "features",
     "feedback",
@@ -707,6 +708,55 @@ def context_before(db: Database, conversation_id: str, message: Row | None = Non
             if keep is not None and (m["role"] == "user" or m["id"] == keep):
                 seen.append(m)
     return seen
+
+
+def add_version_change(
+    db: Database,
+    user_id: str,
+    version: int,
+    compared_with: int,
+    pairs: int,
+    traits: dict[str, tuple[float, float]],
+    example: tuple[str, str, str] | None,
+) -> Row:
+    """What an accepted version changed against the one it was compared with: the traits'
+    (before, after) means and one (question, before, after) example, or None."""
+    question, before, after = example or (None, None, None)
+    row = {
+        "id": new_id(),
+        "user_id": user_id,
+        "version": version,
+        "compared_with": compared_with,
+        "pairs": pairs,
+        "traits": json.dumps(traits),
+        "question": question,
+        "before_text": before,
+        "after_text": after,
+        "created": now(),
+    }
+    db["version_changes"].insert(row)
+    return row
+
+
+def version_changes(db: Database, user_id: str) -> list[Row]:
+    """The user's version changes, newest version first, traits decoded."""
+    rows = db.query(
+        "select * from version_changes where user_id = ? order by version desc", [user_id]
+    )
+    return [{**r, "traits": json.loads(r["traits"])} for r in rows]
+
+
+def reason_tally(db: Database, user_id: str) -> list[Row]:
+    """The reasons the user gave with their standing thumbs, most given first: `reason`,
+    `thumb`, `n`."""
+    return list(
+        db.query(
+            "select reason, thumb, count(*) as n from feedback where user_id = ? "
+            "and thumb != 0 and reason is not null group by reason, thumb "
+            "order by n desc, reason",
+            [user_id],
+        )
+    )
 
 
 def add_adapter_version(

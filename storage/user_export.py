@@ -79,4 +79,9 @@ def user_data(db: Database, user_id: str) -> dict[str, Any]:
             user_id,
         ),
         "versions": versions,
+        "version_changes": [
+            {k: c[k] for k in ("version", "compared_with", "pairs", "traits", "question")}
+            | {"before": c["before_text"], "after": c["after_text"], "created": c["created"]}
+            for c in records.version_changes(db, user_id)
+        ],
     }

@@ -288,10 +288,16 @@ def test_the_users_controls_in_a_real_browser(
     shots.folder.mkdir()
     print(f"screenshots: {shots.folder}")
     publish_adapter(asst, tiny_model_dir, "alice", 1, seed=1)
+    measured = {"words": (60.0, 30.0), "lists": (0.6, 0.1), "asks_back": (0.0, 0.5)}
+    example = ("How do I sleep better?", "Here are ten long tips ...", "Keep a schedule.")
+    records.add_version_change(asst.store.db, asst.user("alice").id, 1, 0, 24, measured, example)
 
-    with shots.step("1-pause-learning"):
+    with shots.step("1-what-it-learned-and-pause"):
         page = shots.page = sign_in(browser, url, "alice")
-        page.locator("#assistant-panel").get_by_text("version 1").wait_for()
+        page.locator("#assistant-panel").get_by_text("version 1").first.wait_for()
+        said = "answers about 50% shorter; uses fewer lists; asks you a question back more often"
+        page.locator("#assistant-panel").get_by_text(said).wait_for()
+        page.locator("#assistant-panel").get_by_text("Keep a schedule.").wait_for()
         page.locator("#assistant-panel").get_by_text("My trend").wait_for()
         assert page.locator("#assistant-panel").get_by_text("not adopted").count() > 0
         page.get_by_label("Pause learning").check()
@@ -361,7 +367,7 @@ def test_the_users_controls_in_a_real_browser(
         assert answer.value.status == 429
         page.get_by_role("alert").get_by_text("Too many wrong passwords").wait_for()
     assert sorted(p.name for p in shots.folder.iterdir()) == [
-        "1-pause-learning.png",
+        "1-what-it-learned-and-pause.png",
         "2-conversation-that-does-not-teach.png",
         "3-undo-asks-then-undoes.png",
         "4-download-my-data.png",

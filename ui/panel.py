@@ -79,6 +79,46 @@ def trend(asst: Assistant, user: str, runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+EXAMPLE_CHARS = 280  # a before / after reply in the panel, cut to this
+
+
+def _cut(text: str | None) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
+
+
+def learned(asst: Assistant, user: str, live: int) -> list[str]:
+    """ "What it learned": the measured changes of the live version and of each version it
+    grew from, back to the base, then the live version's before / after example."""
+    changes = {c["version"]: c for c in asst.what_changed(user)}
+    lines, version, newest = [], live, changes.get(live)
+    while version in changes:  # live, then what it was compared with, back to the base
+        c = changes[version]
+        than = f"version {c['compared_with']}" if c["compared_with"] else "the base model"
+        said = "; ".join(c["changes"]) or "no measurable change in length, format or tone"
+        lines.append(
+            f"- version {version}, against {than}: {said} (on {c['pairs']} of your questions)"
+        )
+        version = c["compared_with"]
+    if newest is not None and newest["question"]:
+        lines += [
+            "",
+            f"*Before / after*, on your question “{_cut(newest['question'])}”:",
+            f"> **before:** {_cut(newest['before'])}",
+            ">",
+            f"> **after:** {_cut(newest['after'])}",
+        ]
+    return lines
+
+
+def reasons(asst: Assistant, user: str) -> str:
+    said = [
+        f"{r['reason']} ({r['count']} {'up' if r['thumb'] == 1 else 'down'})"
+        for r in asst.my_reasons(user)
+    ]
+    return ", ".join(said) if said else "none yet (add one after a thumb)"
+
+
 def describe(asst: Assistant, user: str) -> str:
     version = live_version(asst.versions(user))
     counts = asst.feedback_counts(user)
@@ -104,6 +144,11 @@ def describe(asst: Assistant, user: str) -> str:
             f"**Last learned:** {when(last_learned(runs))}",
             "",
             f"**Training:** {training}",
+            "",
+            "**What it learned** (measured on your questions, never the model's own words):",
+            *(learned(asst, user, version) or ["- nothing yet: no version adopted"]),
+            "",
+            f"**Your reasons:** {reasons(asst, user)}",
             "",
             "**My trend** (newest round first):",
             *(trend(asst, user, runs) or ["- nothing yet: rate some replies"]),
