@@ -241,6 +241,85 @@ class Conversations(AssistantCore):
         )
         return Pair(stored[0]["pair_id"], a, b)
 
+    def regenerate(self, user: str, message_id: str, **gen: Any) -> Pair:
+        """A new reply to the same turn as the conversation's last reply (same context, a new
+        seed); the earlier reply (a, with its thumb) and the new one (b) become an A/B pair the
+        user may decide with `choose`. Until decided, the conversation continues with the new
+        one. Refused for a reply that is not the last, or already one of a pair."""
+        u = self.user(user)
+        reply = self._message(u, message_id)
+        if reply["role"] != "assistant":
+            raise InvalidInput("only the assistant's replies can be regenerated")
+        if reply["pair_id"] is not None:
+            raise InvalidInput("this reply is one of two already: pick the better one instead")
+        db = self.store.db
+        stored = records.conversation_messages(db, reply["conversation_id"])
+        if stored[-1]["id"] != reply["id"]:
+            raise InvalidInput("only the last reply of a conversation can be regenerated")
+        prompt = stored[-2]
+        settings = self._settings(gen)
+        seen = records.context_before(db, reply["conversation_id"], prompt)
+        turns = generation.turns(seen) + [{"role": "user", "content": prompt["text"]}]
+        ids = self._prompt_ids(turns, settings)
+        samples, versions = self._complete([u.id], [ids], settings, [settings.seed])
+        pair_id = records.new_id()
+        with writing(db):
+            now_last = records.conversation_messages(db, reply["conversation_id"])[-1]
+            if now_last["id"] != reply["id"]:  # the conversation went on meanwhile
+                raise InvalidInput("the conversation went on meanwhile; nothing was stored")
+            answer = self._answer(samples[0], versions[0], settings)
+            (new,) = records.add_messages(
+                db, reply["conversation_id"], u.id, [{"role": "assistant", **answer}]
+            )
+            records.add_pair(
+                db,
+                pair_id,
+                u.id,
+                reply["conversation_id"],
+                prompt["id"],
+                reply["id"],
+                new["id"],
+                kind="regenerate",
+            )
+            records.join_pair(db, pair_id, [prompt["id"], reply["id"], new["id"]])
+        ended = records.message_generation(reply).get("ended_by_model", True)
+        return Pair(
+            pair_id,
+            Reply(
+                reply["id"],
+                reply["conversation_id"],
+                reply["text"],
+                reply["adapter_version"],
+                ended,
+            ),
+            Reply(new["id"], new["conversation_id"], new["text"], versions[0], samples[0].finished),
+        )
+
+    def branch(self, user: str, message_id: str) -> str:
+        """Start a new conversation from one of the user's own messages, to continue with an
+        edited version of it: the new conversation holds what the model saw before that
+        message (copies; an A/B comparison's prompt and kept answer only), and the original
+        conversation, with its thumbs and choices, stays as it is. Returns the new id."""
+        u = self.user(user)
+        message = self._message(u, message_id)
+        if message["role"] != "user":
+            raise InvalidInput("only your own messages can be edited")
+        db = self.store.db
+        original = records.get_conversation(db, message["conversation_id"])
+        seen = records.context_before(db, message["conversation_id"], message)
+        with writing(db):
+            title = f"{original['title']} (edited)"
+            conversation_id = records.add_conversation(db, u.id, title)["id"]
+            records.set_conversation_learn(db, conversation_id, bool(original["learn"]))
+            copies = [
+                {"role": m["role"], "text": m["text"], "adapter_version": m["adapter_version"]}
+                | ({"generation": records.message_generation(m)} if m["generation"] else {})
+                for m in seen
+            ]
+            if copies:
+                records.add_messages(db, conversation_id, u.id, copies)
+        return conversation_id
+
     def _pick_pair(
         self, user: User, prompt: list[int], samples: list[generation.Sample]
     ) -> tuple[int, int, str]:

@@ -263,6 +263,14 @@ def m010_version_changes(db: Database) -> None:
     db["version_changes"].create_index(["user_id", "version"], unique=True)
 
 
+@migrations()
+def m011_pair_kinds(db: Database) -> None:
+    """Where an A/B pair comes from: a Compare ("compare"), or a reply the user regenerated
+    ("regenerate": the earlier reply is a, the new one b; until decided, b continues the
+    conversation)."""
+    db["pairs"].add_column("kind", str, not_null_default="compare")
+
+
 def connect(path: Path | str) -> Database:
     """Open (and migrate) the database file with the settings every connection needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=True)

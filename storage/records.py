@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -278,8 +278,11 @@ def add_pair(
     prompt_message_id: str,
     answer_a_id: str,
     answer_b_id: str,
+    kind: str = "compare",
 ) -> Row:
+    """An A/B pair; its messages carry `pair_id` (`join_pair` for messages stored before)."""
     row = {
+        "kind": kind,
         "id": pair_id,
         "user_id": user_id,
         "conversation_id": conversation_id,
@@ -292,6 +295,12 @@ def add_pair(
     }
     db["pairs"].insert(row)
     return row
+
+
+def join_pair(db: Database, pair_id: str, message_ids: Sequence[str]) -> None:
+    """Make stored messages members of a pair (a regenerated reply's prompt and first reply)."""
+    marks = ", ".join("?" for _ in message_ids)
+    db.execute(f"update messages set pair_id = ? where id in ({marks})", [pair_id, *message_ids])
 
 
 def get_pair(db: Database, pair_id: str) -> Row | None:
@@ -674,9 +683,12 @@ def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
 
 
 def _pair_keeps(pair: Row | None) -> str | None:
-    """Which answer of an A/B pair continues the conversation: the winner, `a` on a tie."""
+    """Which answer of an A/B pair continues the conversation: the winner, `a` on a tie; an
+    undecided regenerated reply, the new one (`b`)."""
     if pair is None:
         return None
+    if pair["winner"] is None and pair["kind"] == "regenerate":
+        return pair["answer_b_id"]
     return {"a": pair["answer_a_id"], "b": pair["answer_b_id"], "tie": pair["answer_a_id"]}.get(
         pair["winner"] or ""
     )
@@ -687,7 +699,8 @@ def context_before(db: Database, conversation_id: str, message: Row | None = Non
 
     An A/B comparison joins the conversation only once decided: its prompt and the winning
     answer (answer a on a tie) stay, the other answer goes; an undecided or both-bad comparison
-    leaves no trace. The comparison that `message` itself belongs to contributes its prompt.
+    leaves no trace. A regenerated reply's pair keeps its prompt and the new reply until
+    decided. The comparison that `message` itself belongs to contributes its prompt.
     """
     pairs = {
         p["id"]: p

@@ -39,6 +39,8 @@ def test_schema_is_migrated_once_with_wal_and_busy_timeout(tmp_path: Path) -> No
         "m007_feature_kinds",
         "m008_kl_coefficient",
         "m009_learning_controls",
+        "m010_version_changes",
+        "m011_pair_kinds",
     ]
 
 

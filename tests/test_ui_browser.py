@@ -321,6 +321,36 @@ def test_the_users_controls_in_a_real_browser(
         )
         assert stored["title"].startswith("Something I do not want")
 
+    with shots.step("2b-regenerate-then-choose"):
+        conversation = asst.conversations("alice")[0]["id"]
+        eventually(lambda: len(asst.messages("alice", conversation)) == 2, "the first reply")
+        page.locator("#chatbot").get_by_role("button", name="Retry").last.click()
+        row = page.locator("#regenerated")
+        row.get_by_text("Two answers to your last message").wait_for()
+        pair = eventually(lambda: asst.messages("alice", conversation)[-1]["pair_id"], "the pair")
+        page.locator("#chatbot").get_by_text("Answer B").wait_for()
+        row.get_by_role("button", name="B is better").click()
+        row.get_by_text("The conversation goes on with the one you chose").wait_for()
+        eventually(lambda: asst.store.db["pairs"].get(pair)["winner"] == "b", "the choice")
+
+    with shots.step("2c-edit-a-message"):
+        page.locator("#chatbot").get_by_role("button", name="Edit").first.click()
+        editor = page.locator("#chatbot textarea").first
+        editor.fill("Something I want to ask differently")
+        page.locator("#chatbot").get_by_role("button", name="Submit").click()
+        branch = eventually(
+            lambda: next(
+                (c for c in asst.conversations("alice") if c["title"].endswith("(edited)")), None
+            ),
+            "the branch",
+        )
+        eventually(lambda: len(asst.messages("alice", branch["id"])) == 2, "the branch's reply")
+        assert (
+            asst.messages("alice", branch["id"])[0]["text"] == "Something I want to ask differently"
+        )
+        assert len(asst.messages("alice", conversation)) == 3  # the original, as it was
+        page.locator("#chatbot").get_by_text("Something I want to ask differently").wait_for()
+
     with shots.step("3-undo-asks-then-undoes"):
         page.get_by_role("button", name="Undo last update").click()
         page.locator("#controls-note").get_by_text("Confirm below").wait_for()
@@ -369,6 +399,8 @@ def test_the_users_controls_in_a_real_browser(
     assert sorted(p.name for p in shots.folder.iterdir()) == [
         "1-what-it-learned-and-pause.png",
         "2-conversation-that-does-not-teach.png",
+        "2b-regenerate-then-choose.png",
+        "2c-edit-a-message.png",
         "3-undo-asks-then-undoes.png",
         "4-download-my-data.png",
         "5-delete-account.png",

@@ -21,10 +21,11 @@ from assistant import HARMFUL_REASON, Assistant, Delta, GenerationConfig, Invali
 from storage import records
 from tests.conftest import row_counts
 from tests.ui_support import FAST, add_users, as_user, seed_runs
-from ui import downloads, history
+from ui import ab, downloads, history
+from ui.ab import DECIDED_ALREADY
 from ui.app import build_app
-from ui.chat import NOT_ON_SCREEN, Chat, thumb_of, visible_text
-from ui.compare import DECIDED_ALREADY, Compare
+from ui.chat import NEXT_IN_CHAT, NOT_ON_SCREEN, REGENERATED, Chat, thumb_of, visible_text
+from ui.compare import Compare
 from ui.config import MAX_NEW_TOKENS_LIMIT, ServeConfig
 from ui.errors import UNEXPECTED, readable_errors
 from ui.identity import NOT_OPERATOR, NOT_SIGNED_IN
@@ -582,3 +583,53 @@ def test_offered_downloads_are_swept_after_a_while(tmp_path: Path) -> None:
     assert first != second and first.read_bytes() == b"{}"
     downloads.sweep(now=time.time() + downloads.KEEP_S + 1)
     assert not first.exists() and not second.exists()
+
+
+def test_regenerate_in_the_chat_then_choose(users: Assistant) -> None:
+    chat = Chat(users, FAST)
+    alice = as_user("alice")
+    first = chat_once(chat, "alice", "say something")
+    conversation = first["conversation_id"]
+    clicked = gr.RetryData(None, {"index": 0, "value": ["say something"]})
+    _, pair_id, *buttons, note = chat.retry(conversation, alice, clicked)
+    assert note == REGENERATED and all(b.interactive for b in buttons)
+    rows = history.load(users, "alice", conversation)  # what the chat now shows
+    assert [r.content.split("\n")[0] for r in rows[1:]] == [
+        "**Answer A** (A/B comparison)",
+        "**Answer B** (A/B comparison)",
+    ]
+    *locked_now, said = ab.choice_button(users, "a", NEXT_IN_CHAT)(pair_id, alice)
+    assert said == f"Saved: A is better. {NEXT_IN_CHAT}" and not locked_now[0].interactive
+    assert users.store.db["pairs"].get(pair_id)["winner"] == "a"
+    with pytest.raises(gr.Error, match="Only your own messages"):  # a reply is not retried
+        chat.retry(
+            conversation, alice, gr.RetryData(None, {"index": 1, "value": [rows[1].content]})
+        )
+    second = chat_once(chat, "alice", "and more", conversation)
+    with pytest.raises(gr.Error, match="Only the last reply"):
+        chat.retry(conversation, alice, clicked)
+    assert users.messages("alice", conversation)[-1]["id"] == second["message_id"]
+
+
+def test_edit_a_message_continues_in_a_branch(users: Assistant) -> None:
+    chat = Chat(users, FAST)
+    alice = as_user("alice")
+    first = chat_once(chat, "alice", "first question")
+    conversation = first["conversation_id"]
+    before = users.messages("alice", conversation)
+    edited = gr.EditData(
+        None, {"index": 0, "value": "first question, better", "previous_value": "first question"}
+    )
+    *_, final = chat.edit(conversation, alice, edited)
+    shown, branch, _, conversations, reply = final
+    assert branch != conversation and reply["conversation_id"] == branch
+    assert [m["text"] for m in users.messages("alice", branch)][0] == "first question, better"
+    assert users.messages("alice", conversation) == before  # the original, as it was
+    assert "first question (edited)" in [c[0] for c in conversations.choices]
+    stale = gr.EditData(None, {"index": 0, "value": "x", "previous_value": "not what is stored"})
+    with pytest.raises(gr.Error, match="nothing was saved"):
+        list(chat.edit(conversation, alice, stale))
+    empty = gr.EditData(None, {"index": 0, "value": "  ", "previous_value": "first question"})
+    with pytest.raises(gr.Error, match="cannot be empty"):
+        list(chat.edit(conversation, alice, empty))
+    assert len(users.conversations("alice")) == 2  # the refused edits made no branch

@@ -28,8 +28,10 @@ from __future__ import annotations
 import gradio as gr
 
 from assistant import Assistant
-from ui.chat import Chat
-from ui.compare import HELP, WINNERS, Compare
+from ui import ab
+from ui.ab import WINNERS
+from ui.chat import NEXT_IN_CHAT, Chat
+from ui.compare import HELP, Compare
 from ui.config import ServeConfig
 from ui.controls import Controls
 from ui.operator import Operator
@@ -75,7 +77,14 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                         placeholder="Ask anything. Thumbs up or down on a reply teach your "
                         "assistant; clicking the same thumb again takes it back.",
                         elem_id="chatbot",
+                        editable="user",  # edit a message: the conversation goes on in a branch
                     )
+                    with gr.Row(visible=False, elem_id="regenerated") as regenerated_row:
+                        regenerated_note = gr.Markdown()
+                        regenerated_buttons = {
+                            w: gr.Button(label, size="sm") for w, label in WINNERS.items()
+                        }
+                    regenerated_pair = gr.Textbox(visible=False, label="regenerated pair id")
                     with gr.Row():
                         message = gr.Textbox(
                             label="Message",
@@ -296,6 +305,47 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             cancels=[replying],
             **QUICK,
         )
+        chatbot.retry(
+            chat.retry,
+            inputs=conversation_id,
+            outputs=[chatbot, regenerated_pair, *regenerated_buttons.values(), regenerated_note],
+            api_name="regenerate",
+            concurrency_id=GENERATION,
+            **PRIVATE,
+        ).success(
+            lambda: gr.Row(visible=True),
+            outputs=regenerated_row,
+            api_name="show_regenerated",
+            **QUICK,
+            **PRIVATE,
+        )
+        for winner, button in regenerated_buttons.items():
+            button.click(
+                ab.choice_button(asst, winner, NEXT_IN_CHAT),
+                inputs=regenerated_pair,
+                outputs=[*regenerated_buttons.values(), regenerated_note],
+                api_name=f"regenerated_{winner}",
+                **QUICK,
+                **PRIVATE,
+            ).then(**refresh_panel, api_name=f"panel_after_regenerated_{winner}")
+        editing = chatbot.edit(
+            chat.edit,
+            inputs=conversation_id,
+            outputs=[chatbot, conversation_id, message, conversations, last_reply],
+            api_name="edit",
+            concurrency_id=GENERATION,
+            **PRIVATE,
+        )
+        editing.then(**refresh_panel, api_name="panel_after_edit")
+        leaving = {"chat": replying, "edit": editing, "new": starting, "open": opening}
+        for name, event in leaving.items():  # another turn or conversation: that pair is past
+            event.then(
+                lambda: gr.Row(visible=False),
+                outputs=regenerated_row,
+                api_name=f"hide_regenerated_after_{name}",
+                **QUICK,
+                **PRIVATE,
+            )
         chatbot.like(
             chat.like,
             inputs=conversation_id,
@@ -311,6 +361,8 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             chat.explain, [rated, why_own], why_own, api_name="why_own_words", **QUICK, **PRIVATE
         )
         gr.api(chat.explain, api_name="explain", concurrency_limit=None)
+        gr.api(chat.regenerate_api, api_name="regenerate_reply", concurrency_id=GENERATION)
+        gr.api(chat.branch_api, api_name="branch", concurrency_limit=None)
         gr.api(chat.rate, api_name="rate", concurrency_limit=None)
 
         # compare

@@ -17,6 +17,7 @@ import gradio as gr
 
 from assistant import Assistant, Delta, Reply
 from ui import history
+from ui.ab import unlocked
 from ui.config import ServeConfig
 from ui.errors import readable_errors
 from ui.identity import signed_in
@@ -25,9 +26,19 @@ THUMB_WORDS = {1: "Thumbs up saved", -1: "Thumbs down saved", 0: "Rating retract
 STILL_WRITING = "That reply is still being written; rate it once it is complete."
 NOT_ON_SCREEN = (
     "That message is not the one stored there any more (the chat changed while you clicked), "
-    "so nothing was saved. Please click the thumb again."
+    "so nothing was saved. Please click again."
 )
 REASON_SAVED = "Reason added to your thumb"
+NEXT_IN_CHAT = "The conversation goes on with the one you chose."
+WRONG_ROLE = {
+    "assistant": "Only the assistant's replies can be rated.",
+    "user": "Only your own messages can be edited or asked again.",
+}
+ONLY_THE_LAST = "Only the last reply can be regenerated."
+REGENERATED = (
+    "Two answers to your last message: **A** the earlier, **B** the new one. Which is better? "
+    "(Until you choose, the conversation continues with B.)"
+)
 
 
 def thumb_of(liked: bool | str | None) -> int:
@@ -166,6 +177,81 @@ class Chat:
                     },
                 )
 
+    def _clicked_row(
+        self, user: str, conversation_id: str | None, index: Any, value: Any, role: str
+    ) -> tuple[list[history.Shown], int]:
+        """The stored rows and the index of the clicked message, which must be the stored
+        message of that `role` at that place (the chat on screen may be changing)."""
+        rows = history.load(self.asst, user, conversation_id)
+        index = index[0] if isinstance(index, list | tuple) else index
+        if not isinstance(index, int) or not 0 <= index < len(rows):
+            raise gr.Error(STILL_WRITING, print_exception=False)
+        if visible_text(clicked_text(value)) != visible_text(rows[index].content):
+            raise gr.Error(NOT_ON_SCREEN, print_exception=False)
+        if rows[index].role != role:
+            raise gr.Error(WRONG_ROLE[role], print_exception=False)
+        return rows, index
+
+    def retry(
+        self, conversation_id: str | None, request: gr.Request, data: gr.RetryData
+    ) -> tuple[Any, ...]:
+        """Regenerate the last reply: the earlier one and the new one become an A/B pair
+        (both shown, A the earlier); returns (chat, pair id, the choice buttons unlocked,
+        a note). The pair is decided with the buttons under the chat, or not at all."""
+        with readable_errors():
+            user = signed_in(request)
+            rows, index = self._clicked_row(user, conversation_id, data.index, data.value, "user")
+            if index != len(rows) - 2 or rows[-1].role != "assistant":
+                raise gr.Error(ONLY_THE_LAST, print_exception=False)
+            pair = self.asst.regenerate(
+                user,
+                rows[-1].message_id,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature,
+            )
+            shown = self._chatbot(history.load(self.asst, user, conversation_id))
+            return shown, pair.id, *unlocked(), REGENERATED
+
+    def edit(
+        self, conversation_id: str | None, request: gr.Request, data: gr.EditData
+    ) -> Iterator[tuple[Any, ...]]:
+        """Edit one of your messages and continue from there: a new conversation (named
+        "... (edited)") holds what came before it, the edited message is sent in it and its
+        reply streams in; the original conversation, its thumbs and choices, stay as stored."""
+        with readable_errors():
+            user = signed_in(request)
+            rows, index = self._clicked_row(
+                user, conversation_id, data.index, data.previous_value, "user"
+            )
+            text = message_text(clicked_text(data.value), self.config.max_message_chars)
+            if not text:
+                raise gr.Error("An edited message cannot be empty.", print_exception=False)
+            branch = self.asst.branch(user, rows[index].message_id)
+        yield from self.send(text, branch, request)
+
+    def regenerate_api(self, message_id: str, request: gr.Request) -> dict[str, Any]:
+        """API: regenerate your conversation's last reply by its id; the earlier and the new
+        reply become an A/B pair ({"pair_id", "a", "b"}: message ids and texts) to decide
+        with /choose, or not."""
+        with readable_errors():
+            pair = self.asst.regenerate(
+                signed_in(request),
+                message_id,
+                max_new_tokens=self.config.max_new_tokens,
+                temperature=self.config.temperature,
+            )
+            return {
+                "pair_id": pair.id,
+                "a": {"message_id": pair.a.id, "text": pair.a.text},
+                "b": {"message_id": pair.b.id, "text": pair.b.text},
+            }
+
+    def branch_api(self, message_id: str, request: gr.Request) -> str:
+        """API: to edit one of your messages, a new conversation holding what came before it;
+        send the edited text to /chat with the returned conversation id."""
+        with readable_errors():
+            return self.asst.branch(signed_in(request), message_id)
+
     def like(
         self, conversation_id: str | None, request: gr.Request, data: gr.LikeData
     ) -> tuple[str | None, Any, Any, str]:
@@ -174,12 +260,9 @@ class Chat:
         thumb (its reason is optional and comes after the click), hidden after a retraction."""
         with readable_errors():
             user = signed_in(request)
-            rows = history.load(self.asst, user, conversation_id)
-            index = data.index[0] if isinstance(data.index, list | tuple) else data.index
-            if not isinstance(index, int) or not 0 <= index < len(rows):
-                raise gr.Error(STILL_WRITING, print_exception=False)
-            if visible_text(clicked_text(data.value)) != visible_text(rows[index].content):
-                raise gr.Error(NOT_ON_SCREEN, print_exception=False)
+            rows, index = self._clicked_row(
+                user, conversation_id, data.index, data.value, "assistant"
+            )
             thumb = thumb_of(data.liked)
             self.record(user, rows[index].message_id, thumb, None)
             rated = rows[index].message_id if thumb else None

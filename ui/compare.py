@@ -7,13 +7,14 @@ from typing import Any
 
 import gradio as gr
 
-from assistant import AlreadyChosen, Assistant
+from assistant import Assistant
+from ui import ab
+from ui.ab import WINNERS, unlocked
 from ui.chat import message_text
 from ui.config import ServeConfig
 from ui.errors import readable_errors
 from ui.identity import signed_in
 
-WINNERS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 HELP = """Ask a question and get **two answers from your assistant's live version**, written
 with different random seeds (where it is set to write more, it shows the two whose choice
 teaches it the most about your taste). Pick the better one (or Tie, or Both bad): your
@@ -21,19 +22,7 @@ assistant learns which kind of answer you prefer. A choice is stored once; the b
 lock until your next question. Each comparison starts a new conversation in the Chat tab's
 list, where the winner (answer A on a tie) stays in the context and a both-bad comparison
 leaves none."""
-ASK_FIRST = "Ask a question first: there is nothing to choose between yet."
-DECIDED_ALREADY = (
-    "This comparison was decided already (in another tab, or by a second click); "
-    "ask another question to compare again."
-)
-
-
-def locked(n: int = len(WINNERS)) -> tuple[gr.Button, ...]:
-    return tuple(gr.Button(interactive=False) for _ in range(n))
-
-
-def unlocked(n: int = len(WINNERS)) -> tuple[gr.Button, ...]:
-    return tuple(gr.Button(interactive=True) for _ in range(n))
+NEXT_COMPARE = "Ask another question to compare again."
 
 
 class Compare:
@@ -63,27 +52,8 @@ class Compare:
     def choose(self, pair_id: str, winner: str, request: gr.Request) -> str:
         """API: record your choice on an A/B pair: winner a, b, tie or both_bad (once)."""
         with readable_errors():
-            return self._store(signed_in(request), pair_id, winner)
-
-    def _store(self, user: str, pair_id: str, winner: str) -> str:
-        if not pair_id:
-            raise gr.Error(ASK_FIRST, print_exception=False)
-        self.asst.choose(user, pair_id, winner)
-        return f"Saved: {WINNERS[winner]}. Ask another question to compare again."
+            return ab.store(self.asst, signed_in(request), pair_id, winner, NEXT_COMPARE)
 
     def button(self, winner: str) -> Callable[..., tuple[Any, ...]]:
-        """The click handler of one choice button: store the choice, lock the buttons. A pair
-        decided already (another tab, a double click) locks them too, with a note."""
-
-        def click(pair_id: str, request: gr.Request) -> tuple[Any, ...]:
-            with readable_errors():
-                user = signed_in(request)
-                try:
-                    said = self._store(user, pair_id, winner)
-                except AlreadyChosen:
-                    gr.Warning(DECIDED_ALREADY)
-                    said = DECIDED_ALREADY
-                return (*locked(), said)
-
-        click.__name__ = f"choose_{winner}"
-        return click
+        """The click handler of one choice button (`ui.ab.choice_button`)."""
+        return ab.choice_button(self.asst, winner, NEXT_COMPARE)

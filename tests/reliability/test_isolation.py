@@ -33,7 +33,7 @@ from tests.reliability.api_support import Answer, call_event, fn_indexes, snapsh
 from tests.test_training import OPEN_GATE, give_feedback, open_with
 from tests.test_ui_api import operator_components, signed_in_session
 from tests.ui_support import PASSWORDS, add_users, seed_runs, serving
-from ui.compare import WINNERS
+from ui.ab import WINNERS
 from ui.identity import NOT_OPERATOR
 
 MARKER = "alice-private-7f3a9c"  # in every message alice types; must never reach bob
@@ -198,6 +198,14 @@ def id_attempts(world: World, bob: Client, page: httpx.Client) -> list[Attempt]:
         }
         out |= {f"choose {w}": predicted(bob, "/choose", i, w) for w in WINNERS}
         out["explain"] = predicted(bob, "/explain", i, "a reason on alice's thumb")
+        out["regenerate_reply"] = predicted(bob, "/regenerate_reply", i)
+        out["branch"] = predicted(bob, "/branch", i)
+        clicked = {"index": 0, "value": [reply_text], "previous_value": [reply_text]}
+        out["regenerate (retry)"] = queued(page, index["regenerate"], [i], clicked)
+        out["edit"] = queued(page, index["edit"], [i], clicked | {"value": ["mine now"]})
+        out |= {  # private: the buttons under a regenerated reply
+            f"regenerated_{w}": queued(page, index[f"regenerated_{w}"], [i]) for w in WINNERS
+        }
         out |= {  # private: the "why?" row after a thumb, its presets and own words
             name: queued(page, index[name], [i, reason])
             for name, reason in (("why_preset", "harmful"), ("why_own_words", "spite"))
