@@ -34,7 +34,9 @@ SERVE_FIELDS = (
 
 CHAT_HELP = """Type a message and press Enter. Commands:
   /up [reason]    thumbs up on the last reply      /down [reason]  thumbs down
-  /undo           retract your rating              /new            start a new conversation
+  /why REASON     add a reason to that thumb       /undo           retract your rating
+  /retry          the last reply again: A (earlier) and B (new) to choose between
+  /choose W       decide it: a, b, tie or both_bad /new            start a new conversation
   /quit           leave (Ctrl-D works too)"""
 
 
@@ -146,7 +148,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if args.training:
         asst.start_background()  # rounds run in the background as you rate replies
     print(CHAT_HELP)
-    conversation, last = args.conversation, None
+    conversation, last, pair = args.conversation, None, None
     gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     while True:
         try:
@@ -176,6 +178,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
                         thumb
                     ]
                 )
+            elif command == "/why":
+                if last is None:
+                    print("(no reply to explain yet)")
+                    continue
+                asst.explain(user, last.id, rest)
+                print("(reason added to your thumb)")
+            elif command == "/retry":
+                if last is None:
+                    print("(no reply to regenerate yet)")
+                    continue
+                pair = asst.regenerate(user, last.id, **gen)
+                print(f"A (earlier)> {pair.a.text}\nB (new)> {pair.b.text}")
+                print("(/choose a, b, tie or both_bad; until then the conversation goes on with B)")
+                last = pair.b
+            elif command == "/choose":
+                if pair is None:
+                    print("(nothing to choose between: /retry first)")
+                    continue
+                asst.choose(user, pair.id, rest.strip())
+                print(f"(choice saved: {rest.strip()})")
+                pair = None
             else:
                 print("attune> ", end="", flush=True)
                 for event in asst.chat_stream(user, line, conversation, **gen):
@@ -234,6 +257,41 @@ def cmd_learning(args: argparse.Namespace) -> int:
         asst.pause_learning(args.user, paused=args.action == "pause")
     state = "paused" if asst.learning_paused(args.user) else "on"
     print(f"learning for user {args.user}: {state}")
+    return 0
+
+
+def cmd_learned(args: argparse.Namespace) -> int:
+    """What each adopted version changed, measured (the panel's "What it learned")."""
+    changes = _assistant(args).what_changed(args.user)
+    if not changes:
+        print(f"user {args.user}: no version adopted yet")
+    for c in changes:
+        than = f"v{c['compared_with']}" if c["compared_with"] else "the base model"
+        said = "; ".join(c["changes"]) or "no measurable change in length, format or tone"
+        print(f"v{c['version']} against {than} ({c['pairs']} questions): {said}")
+    return 0
+
+
+def cmd_overview(args: argparse.Namespace) -> int:
+    """Operators: every user at a glance, then every alert."""
+    asst = _assistant(args)
+    page = asst.users_overview(args.sort, args.descending, args.page, args.name or "")
+    print(
+        f"{'user':<20} {'live':>4} {'last round':<10} {'KL':>6} {'acc.':>5} {'up':>5} "
+        f"{'waiting':>7} {'flagged':>7}  alerts"
+    )
+    for r in page["rows"]:
+        kl = f"{r['kl']:.1f}" if r["kl"] is not None else "-"
+        acc = f"{r['head_accuracy']:.2f}" if r["head_accuracy"] is not None else "-"
+        up = f"{r['share_up_live']:.0%}" if r["share_up_live"] is not None else "-"
+        print(
+            f"{r['user'][:20]:<20} {r['live_version']:>4} {r['last_outcome'] or '-':<10} "
+            f"{kl:>6} {acc:>5} {up:>5} {r['clicks_waiting']:>7} {r['flagged']:>7}  "
+            f"{len(r['alerts'])}"
+        )
+    print(f"page {page['page']} of {page['pages']}, {page['total']} users")
+    for a in asst.alerts():
+        print(f"alert: {a['user']}: {a['alert']}")
     return 0
 
 
@@ -392,6 +450,15 @@ def parser() -> argparse.ArgumentParser:
     learning = add("learning", cmd_learning, "pause or resume learning from a user's clicks")
     learning.add_argument("action", choices=["pause", "resume", "status"])
     learning.add_argument("--user", required=True)
+    learned = add("learned", cmd_learned, "what each adopted version of a user's changed")
+    learned.add_argument("--user", required=True)
+
+    overview = add("overview", cmd_overview, "operators: every user at a glance, and alerts")
+    overview.add_argument("--sort", default="user", help="user, kl, flagged, share_up_change, ...")
+    overview.add_argument("--descending", action="store_true")
+    overview.add_argument("--page", type=int, default=1)
+    overview.add_argument("--name", default=None, help="only users whose name contains this")
+
     my_data = add("my-data", cmd_my_data, "write everything kept about a user as one JSON file")
     my_data.add_argument("--user", required=True)
     my_data.add_argument("--out", required=True, help="the JSON file to write")

@@ -30,6 +30,8 @@ SUBCOMMANDS = [
     ["undo"],
     ["learning"],
     ["my-data"],
+    ["learned"],
+    ["overview"],
     ["export"],
     ["bench"],
     ["provision"],
@@ -195,7 +197,10 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_terminal_chat(tmp_path: Path, tiny_model_dir: Path) -> None:
     data = ["--data-dir", str(tmp_path), "--model", str(tiny_model_dir)]
     main(["user", "add", "gus", *data])
-    script = "hello\n/up nice\n/down\n/undo\n/new\nagain\n/quit\n"
+    script = (
+        "hello\n/up nice\n/down\n/why too vague\n/undo\n/retry\n/choose b\n/choose a\n"
+        "/new\nagain\n/quit\n"
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -218,6 +223,9 @@ def test_terminal_chat(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert (
         "(thumbs up saved)" in out and "(thumbs down saved)" in out and "(rating retracted)" in out
     )
+    assert "(reason added to your thumb)" in out
+    assert "A (earlier)> " in out and "B (new)> " in out and "(choice saved: b)" in out
+    assert "(nothing to choose between: /retry first)" in out  # decided once
     assert "(new conversation)" in out and out.count("attune> ") == 2
 
 
@@ -238,3 +246,17 @@ def test_learning_undo_and_my_data_commands(
     assert main(["my-data", "--user", "joe", "--out", str(out), *data]) == 0
     assert json.loads(out.read_text())["user"]["name"] == "joe"
     assert main(["my-data", "--user", "nobody", "--out", str(out), *data]) == EXIT_ERROR
+
+
+def test_learned_and_overview_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path)]
+    main(["user", "add", "kim", *data])
+    main(["user", "add", "lee", *data])
+    capsys.readouterr()
+    assert main(["learned", "--user", "kim", *data]) == 0
+    assert "no version adopted yet" in capsys.readouterr().out
+    assert main(["overview", "--sort", "flagged", "--descending", *data]) == 0
+    out = capsys.readouterr().out
+    assert "kim" in out and "lee" in out and "page 1 of 1, 2 users" in out
+    assert main(["overview", "--sort", "password_hash", *data]) == EXIT_ERROR
+    assert "sort must be one of" in capsys.readouterr().err
