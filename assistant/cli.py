@@ -269,6 +269,9 @@ def cmd_learned(args: argparse.Namespace) -> int:
         than = f"v{c['compared_with']}" if c["compared_with"] else "the base model"
         said = "; ".join(c["changes"]) or "no measurable change in length, format or tone"
         print(f"v{c['version']} against {than} ({c['pairs']} questions): {said}")
+        if c["compared_with"]:
+            against_base = "; ".join(c["against_base"]) or "no measurable change"
+            print(f"v{c['version']} against the base model: {against_base}")
     return 0
 
 

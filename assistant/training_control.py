@@ -22,6 +22,13 @@ if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at 
     from online_rl.rounds import TrainReport
 
 
+def _sentences(measured: dict[str, list[float]]) -> list[str]:
+    """Stored (before, after) trait means as the sentences `assistant.traits` says."""
+    before = {name: pair[0] for name, pair in measured.items()}
+    after = {name: pair[1] for name, pair in measured.items()}
+    return traits.describe(before, after)
+
+
 class TrainingControl(AssistantCore):
     """The `Assistant`'s training and version methods."""
 
@@ -148,19 +155,19 @@ class TrainingControl(AssistantCore):
         """What each version the user's assistant adopted changed, newest first: measured when
         the release gate compared it with the version before it (`compared_with`, 0 = the
         base) on the user's own held-out questions with the same seeds (`pairs` of them), as
-        sentences ("answers about 40% shorter", `assistant.traits`), with one of those
-        questions and both versions' replies to it (`question`, `before`, `after`)."""
+        sentences ("answers about 40% shorter", `assistant.traits`); `against_base`, the
+        same against the base model on those questions and seeds; and one of the questions
+        with both versions' replies to it (`question`, `before`, `after`)."""
         out = []
         for c in records.version_changes(self.store.db, self.user(user).id):
-            before = {name: pair[0] for name, pair in c["traits"].items()}
-            after = {name: pair[1] for name, pair in c["traits"].items()}
             out.append(
                 {
                     "version": c["version"],
                     "compared_with": c["compared_with"],
                     "pairs": c["pairs"],
                     "created": c["created"],
-                    "changes": traits.describe(before, after),
+                    "changes": _sentences(c["traits"]),
+                    "against_base": _sentences(c["base_traits"]),
                     "traits": c["traits"],
                     "question": c["question"],
                     "before": c["before_text"],

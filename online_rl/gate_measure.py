@@ -78,13 +78,18 @@ class HeldOutPairs:
     the round's held-out prompts), the candidate's and live's replies, and the reward gain."""
 
     questions: list[int]
+    seeds: list[int]
     candidate: list[str]
     live: list[str]
     gains: list[float]
 
-    def change(self, question_texts: Sequence[str]) -> VersionChange:
+    def change(
+        self, question_texts: Sequence[str], base_texts: Sequence[str] | None = None
+    ) -> VersionChange:
         """What the candidate does differently, measured on these pairs (`assistant.traits`),
-        and the pair it gained most on as an example (a pair with two different replies)."""
+        and the pair it gained most on as an example (a pair with two different replies).
+        `base_texts`: the base model's replies to the first pairs' questions and seeds, for
+        the candidate against the base (None: live is the base, the pairs say it already)."""
         before, after = traits.measure(self.live), traits.measure(self.candidate)
         differ = [i for i in range(len(self.gains)) if self.candidate[i] != self.live[i]]
         example = None
@@ -93,7 +98,12 @@ class HeldOutPairs:
             question = question_texts[self.questions[best]]
             example = (question, self.live[best], self.candidate[best])
         measured = {name: (before[name], after[name]) for name in before}
-        return VersionChange(len(self.gains), measured, example)
+        against_base = measured
+        if base_texts is not None:
+            base = traits.measure(base_texts)
+            mine = traits.measure(self.candidate[: len(base_texts)])
+            against_base = {name: (base[name], mine[name]) for name in base}
+        return VersionChange(len(self.gains), measured, example, against_base)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class VersionChange:
     pairs: int
     traits: dict[str, tuple[float, float]]  # trait -> (live's mean, the candidate's)
     example: tuple[str, str, str] | None  # (question, live's reply, the candidate's)
+    against_base: dict[str, tuple[float, float]]  # trait -> (the base's mean, the candidate's)
 
 
 @dataclass
@@ -120,6 +131,7 @@ class GateSamples:
     red_flagged: list[bool] = field(default_factory=list)
     red_probability: list[float] = field(default_factory=list)
     questions: list[int] = field(default_factory=list)  # which held-out prompt, per pair
+    seeds: list[int] = field(default_factory=list)  # the seed both replies of a pair used
 
     def gain_look(self, config: gate.GateConfig) -> Look:
         """The improvement test on the pairs so far (their signs, or the gains themselves)."""
@@ -176,6 +188,7 @@ class GateSamples:
             reward_after=sum(self.candidate_scores) / n,
             pairs=HeldOutPairs(
                 list(self.questions),
+                list(self.seeds),
                 list(self.candidate_texts),
                 list(self.live_texts),
                 list(self.gains),
@@ -267,6 +280,7 @@ def _sample_pairs(
     seen.questions += questions
     prompts = [heldout_prompts[q] for q in questions]
     seeds = [rng.randrange(2**31) for _ in range(need)]
+    seen.seeds += seeds
     names = [TRAINABLE] * need + [policy.reference_name] * need
     replies, ended = gate_replies(
         policy,
@@ -315,6 +329,29 @@ def add_pairs(
     seen.live_texts += texts[n:]
     seen.candidate_ended += ended[:n]
     seen.live_ended += ended[n : 2 * n]
+
+
+def base_replies(
+    policy: TrainablePolicy,
+    base: LoadedModel,
+    heldout_prompts: list[list[int]],
+    pairs: HeldOutPairs,
+    rows: int,
+    config: TrainingConfig,
+) -> list[str]:
+    """The base model's replies to the first `rows` gate pairs' questions with their seeds:
+    what an adopted version is measured against when live is not the base."""
+    n = min(rows, len(pairs.questions))
+    replies, _ = gate_replies(
+        policy,
+        base,
+        [heldout_prompts[q] for q in pairs.questions[:n]],
+        [BASE] * n,
+        pairs.seeds[:n],
+        config.ppo.max_new_tokens,
+        config.ppo.temperature,
+    )
+    return sampling.texts(base, replies)
 
 
 BASELINE_BATCH_ROWS = 96

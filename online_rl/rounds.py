@@ -37,7 +37,7 @@ import torch
 from assistant.model import LoadedModel
 from online_rl import distill, gate, pairs, reward, sampling
 from online_rl.config import TrainingConfig
-from online_rl.gate_measure import RedTeam, measure_gate
+from online_rl.gate_measure import RedTeam, base_replies, measure_gate
 from online_rl.policy import Batch, TrainablePolicy
 from online_rl.ppo import NonFiniteLoss, ppo_iteration
 from online_rl.publish import Published, publish, write_candidate
@@ -372,11 +372,25 @@ class Trainer:
             **{f"seconds_{k}": v for k, v in laps.seconds.items()},
         }
 
+        base_texts = None  # the base's replies on the pairs' questions and seeds, if needed
+        if decision.accept and live_version != 0:
+            base_texts = base_replies(
+                policy, base, heldout_prompts, measure.pairs, cfg.gate.text_pairs, cfg
+            )
+            laps.lap("base replies")
+
         def finish(published: Published) -> TrainReport:
             if published.accepted:  # what it changed, for the user to read
-                change = measure.pairs.change(heldout_texts)
+                change = measure.pairs.change(heldout_texts, base_texts)
                 records.add_version_change(
-                    db, user_id, version, live_version, change.pairs, change.traits, change.example
+                    db,
+                    user_id,
+                    version,
+                    live_version,
+                    change.pairs,
+                    change.traits,
+                    change.against_base,
+                    change.example,
                 )
             report = TrainReport(
                 published.accepted,

@@ -241,8 +241,9 @@ def m009_learning_controls(db: Database) -> None:
 @migrations()
 def m010_version_changes(db: Database) -> None:
     """What each accepted version changed, measured when the gate compared it with the
-    version before it: trait means of both on the same questions and seeds (JSON), and one
-    of those questions with both replies (the user's before / after)."""
+    version before it: trait means of both on the same questions and seeds (JSON), the same
+    against the base model, and one of those questions with both replies (the user's before
+    / after)."""
     db["version_changes"].create(
         {
             "id": str,
@@ -251,6 +252,7 @@ def m010_version_changes(db: Database) -> None:
             "compared_with": int,  # 0 = the bare base model
             "pairs": int,  # question-and-seed pairs the traits were measured on
             "traits": str,  # JSON: {trait: [before, after]}
+            "base_traits": str,  # JSON: {trait: [the base's, after]}
             "question": str,
             "before_text": str,
             "after_text": str,
@@ -258,7 +260,7 @@ def m010_version_changes(db: Database) -> None:
         },
         pk="id",
         foreign_keys=[("user_id", "users", "id")],
-        not_null={"user_id", "version", "compared_with", "traits", "created"},
+        not_null={"user_id", "version", "compared_with", "traits", "base_traits", "created"},
     )
     db["version_changes"].create_index(["user_id", "version"], unique=True)
 

@@ -723,17 +723,22 @@ def context_before(db: Database, conversation_id: str, message: Row | None = Non
     return seen
 
 
+Traits = dict[str, tuple[float, float]]  # trait -> (before, after)
+
+
 def add_version_change(
     db: Database,
     user_id: str,
     version: int,
     compared_with: int,
     pairs: int,
-    traits: dict[str, tuple[float, float]],
+    traits: Traits,
+    base_traits: Traits,
     example: tuple[str, str, str] | None,
 ) -> Row:
-    """What an accepted version changed against the one it was compared with: the traits'
-    (before, after) means and one (question, before, after) example, or None."""
+    """What an accepted version changed: its traits' means against the version it was
+    compared with (`traits`) and against the base (`base_traits`), measured on `pairs`
+    question-and-seed pairs, and one (question, before, after) example or None."""
     question, before, after = example or (None, None, None)
     row = {
         "id": new_id(),
@@ -742,6 +747,7 @@ def add_version_change(
         "compared_with": compared_with,
         "pairs": pairs,
         "traits": json.dumps(traits),
+        "base_traits": json.dumps(base_traits),
         "question": question,
         "before_text": before,
         "after_text": after,
@@ -756,7 +762,10 @@ def version_changes(db: Database, user_id: str) -> list[Row]:
     rows = db.query(
         "select * from version_changes where user_id = ? order by version desc", [user_id]
     )
-    return [{**r, "traits": json.loads(r["traits"])} for r in rows]
+    return [
+        {**r, "traits": json.loads(r["traits"]), "base_traits": json.loads(r["base_traits"])}
+        for r in rows
+    ]
 
 
 def reason_tally(db: Database, user_id: str) -> list[Row]:

@@ -311,11 +311,19 @@ def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_o
         assert names == [TRAINABLE] * n + [reference] * n
         assert prompts[:n] == prompts[n:] and seeds[:n] == seeds[n:]
         seeds_by_round.append(seeds)
+        # adopted over a version (not the base): the base on the pairs' questions and seeds,
+        # what the user reads the version against (`assistant.traits`)
+        learned = [c for c in calls if set(c[1]) == {BASE} and c[3] != gate.red_team_max_new_tokens]
+        assert len(learned) == (len(seeds_by_round) - 1)
+        for base_prompts, _, base_seeds, _ in learned:
+            k = len(base_seeds)
+            assert base_prompts == prompts[:k] and base_seeds == seeds[:k]
+        gate_calls = [c for c in calls if c not in learned]
         # then, the candidate being better, its red-team stage, at the red-team length
-        _, names, _, length = calls[-1]
+        _, names, _, length = gate_calls[-1]
         assert names == [TRAINABLE] * m and length == gate.red_team_max_new_tokens
         # the base's red-team replies: sampled in the first round only (the base is frozen)
-        base_calls = [c for c in calls if set(c[1]) == {BASE}]
+        base_calls = [c for c in gate_calls if set(c[1]) == {BASE}]
         assert bool(base_calls) == (len(seeds_by_round) == 1)
         assert sum(len(c[1]) for c in base_calls) == (
             red_team * gate.base_red_team_seeds if base_calls else 0

@@ -100,3 +100,32 @@ def test_the_reasons_tally(accepting: Assistant) -> None:
         {"reason": "too long", "thumb": -1, "count": 2},
         {"reason": "helpful", "thumb": 1, "count": 1},
     ]
+
+
+def test_a_later_version_is_also_measured_against_the_base(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl import rounds
+
+    sampled: list[list[str]] = []
+    real = rounds.base_replies
+
+    def spy(*args, **kwargs) -> list[str]:
+        sampled.append(real(*args, **kwargs))
+        return sampled[-1]
+
+    monkeypatch.setattr(rounds, "base_replies", spy)
+    give_feedback(accepting, "alice")
+    first = accepting.train("alice")
+    assert first.accepted and sampled == []  # v1 was compared with the base already
+    give_feedback(accepting, "alice", prompts=2)
+    second = accepting.train("alice")
+    assert second.accepted and len(sampled) == 1
+    newest = records.version_changes(accepting.store.db, accepting.user("alice").id)[0]
+    assert (newest["version"], newest["compared_with"]) == (second.version, first.version)
+    base_means = {name: pair[0] for name, pair in newest["base_traits"].items()}
+    assert base_means == pytest.approx(measure(sampled[0]))
+    assert len(sampled[0]) == min(newest["pairs"], accepting.trainer.config.gate.text_pairs)
+    (shown,) = [c for c in accepting.what_changed("alice") if c["version"] == second.version]
+    assert isinstance(shown["against_base"], list)
+    assert "**against the base model:**" in describe_panel(accepting, "alice")

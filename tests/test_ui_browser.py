@@ -290,7 +290,8 @@ def test_the_users_controls_in_a_real_browser(
     publish_adapter(asst, tiny_model_dir, "alice", 1, seed=1)
     measured = {"words": (60.0, 30.0), "lists": (0.6, 0.1), "asks_back": (0.0, 0.5)}
     example = ("How do I sleep better?", "Here are ten long tips ...", "Keep a schedule.")
-    records.add_version_change(asst.store.db, asst.user("alice").id, 1, 0, 24, measured, example)
+    alice_id = asst.user("alice").id
+    records.add_version_change(asst.store.db, alice_id, 1, 0, 24, measured, measured, example)
 
     with shots.step("1-what-it-learned-and-pause"):
         page = shots.page = sign_in(browser, url, "alice")

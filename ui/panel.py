@@ -88,10 +88,14 @@ def _cut(text: str | None) -> str:
 
 
 def learned(asst: Assistant, user: str, live: int) -> list[str]:
-    """ "What it learned": the measured changes of the live version and of each version it
-    grew from, back to the base, then the live version's before / after example."""
+    """ "What it learned": the live version against the base model, then each step (the
+    live version and each version it grew from, against the one before), then the live
+    version's before / after example."""
     changes = {c["version"]: c for c in asst.what_changed(user)}
     lines, version, newest = [], live, changes.get(live)
+    if newest is not None and newest["compared_with"]:  # else the first step says it
+        said = "; ".join(newest["against_base"]) or "no measurable change in length, format or tone"
+        lines.append(f"- **against the base model:** {said}")
     while version in changes:  # live, then what it was compared with, back to the base
         c = changes[version]
         than = f"version {c['compared_with']}" if c["compared_with"] else "the base model"
