@@ -122,17 +122,21 @@ def test_a_new_feature_kind_is_computed_for_existing_replies_and_the_old_kept(
 
 
 def base_only_calls(asst: Assistant, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Spy on the trainer's sampling: the sizes of the calls that sample only the base."""
+    """Spy on the trainer's sampling: the sizes of the calls that sample only the base on the
+    red-team prompts (the baseline; not the base's replies an adopted version is described
+    against, which are the round's held-out questions)."""
     from online_rl import sampling
     from online_rl.policy import BASE, TRAINABLE
 
     sample = sampling.sample
     calls: list[int] = []
+    red_team_length = asst.trainer.config.gate.red_team_max_new_tokens
 
-    def spy(policy, base, prompts, adapter_names, *rest):
-        if BASE in adapter_names and TRAINABLE not in adapter_names:
+    def spy(policy, base, prompts, adapter_names, seeds, max_new_tokens, *rest):
+        only_base = BASE in adapter_names and TRAINABLE not in adapter_names
+        if only_base and max_new_tokens == red_team_length:
             calls.append(len(prompts))
-        return sample(policy, base, prompts, adapter_names, *rest)
+        return sample(policy, base, prompts, adapter_names, seeds, max_new_tokens, *rest)
 
     monkeypatch.setattr(sampling, "sample", spy)
     return calls
