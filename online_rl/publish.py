@@ -53,8 +53,8 @@ def publish(
     finish: Callable[[Published], Any],
 ) -> Any:
     """Record the candidate (with the KL coefficient its round ended with, which a round
-    starting from it carries on with) and, if accepted and live is still `compared_with`,
-    make it live;
+    starting from it carries on with) and, if accepted, live is still `compared_with` and the
+    user has not paused learning meanwhile, make it live;
     `finish` records the round's outcome in the same transaction (a crash after the commit
     must not leave the run 'running' beside the version it made live). Returns `finish`'s
     result, or None when the user was deleted meanwhile (nothing is recorded).
@@ -66,9 +66,12 @@ def publish(
             return None
         now_live = records.live_version(db, user_id)
         stale = now_live != compared_with and serving(user_id)[0] != compared_with
-        accepted = accept and not stale
+        paused = records.learning_paused(db, user_id)
+        accepted = accept and not stale and not paused
         if stale:
             reason = f"stale: live changed from v{compared_with} to v{now_live} while the round ran"
+        elif paused and accept:
+            reason = "not adopted: learning was paused while the round ran"
         status = "stale" if stale else "retired" if accepted else "rejected"
         records.add_adapter_version(
             db,

@@ -16,6 +16,7 @@ from tests.conftest import SHORT, row_counts
 from tests.test_scheduler import wait_for
 from tests.test_training import SHUT_GATE, give_feedback, open_with
 from tests.test_training import accepting as accepting  # noqa: F401 (the fixture)
+from ui.panel import round_in_words
 
 
 def test_undo_goes_back_to_the_parent_then_to_the_base(accepting: Assistant) -> None:
@@ -137,3 +138,26 @@ def test_my_data_holds_everything_of_the_user_and_nothing_of_anyone_else(
     assert (thumb["message_id"], thumb["thumb"], thumb["reason"]) == (reply.id, -1, "too long")
     assert [c["winner"] for c in data["choices"]] == ["b"]
     assert data["versions"] == []
+
+
+def test_a_pause_while_a_round_runs_keeps_its_version_from_going_live(
+    accepting: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from online_rl import rounds
+
+    measure = rounds.measure_gate
+
+    def pause_then_measure(*args, **kwargs):
+        accepting.pause_learning("alice")  # the user pauses while the round runs
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(rounds, "measure_gate", pause_then_measure)
+    give_feedback(accepting, "alice")
+    report = accepting.train("alice")
+    assert not report.accepted and "paused while the round ran" in report.reason
+    (version,) = accepting.versions("alice")
+    assert version["status"] == "rejected" and "paused" in version["reason"]
+    assert accepting.chat("alice", "still the base?", **SHORT).adapter_version == 0
+    assert (
+        round_in_words("rejected", report.reason) == "not adopted: you paused learning while it ran"
+    )

@@ -45,6 +45,7 @@ ROUND_WORDS = (
     ("KL to the base", "not adopted: it drifted too far from the base model"),
     ("degenerate", "not adopted: its answers got repetitive or cut off"),
     ("stale", "not adopted: your assistant changed while it was learning"),
+    ("paused while", "not adopted: you paused learning while it ran"),
     ("paused", "skipped: learning was paused"),
     ("not enough feedback", "skipped: not enough clicks yet"),
 )
