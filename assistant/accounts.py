@@ -75,7 +75,7 @@ class Accounts(AssistantCore):
         if row is None or not verify_password(password, row["password_hash"]):
             self.sign_ins.failed(name, address)
             return None
-        self.sign_ins.succeeded(name)
+        self.sign_ins.succeeded(name, address)
         return _user(row)
 
     def credentials_stamp(self, name: str) -> str | None:

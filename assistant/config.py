@@ -126,18 +126,25 @@ class ChatConfig:
 class SignInConfig:
     """How many wrong passwords sign-in forgives before it makes the guesser wait.
 
-    Failures are counted over the last `window_s` seconds, per account (whoever tries it) and
-    per client address (whichever accounts it tries); at the limit, that account or address
-    is refused until its oldest counted failure leaves the window. A right password clears
-    the account's count, not the address's. Counts live in the serving process's memory.
+    Failures are counted over the last `window_s` seconds three ways: for one account from one
+    client address (`failures_per_account_here`: the guesser at a keyboard), from one address
+    whatever the account (`failures_per_address`: one machine trying many accounts), and for
+    one account from everywhere (`failures_per_account`: guessing spread over many addresses,
+    set high, so that nobody can lock an owner out of their account with a few wrong tries).
+    At a limit, that pair, address or account is refused until its oldest counted failure
+    leaves the window. A right password clears that account's count from that address.
+    Counts live in the serving process's memory. Behind a proxy every client has the proxy's
+    address: put the limits there, or raise `failures_per_address`.
     """
 
-    failures_per_account: int = 5
+    failures_per_account_here: int = 5
     failures_per_address: int = 20
+    failures_per_account: int = 100
     window_s: float = 900.0
 
     def __post_init__(self) -> None:
-        if min(self.failures_per_account, self.failures_per_address) < 1 or self.window_s <= 0:
+        limits = (self.failures_per_account_here, self.failures_per_address)
+        if min(*limits, self.failures_per_account) < 1 or self.window_s <= 0:
             raise ValueError("sign-in limits must be >= 1 failure over a window > 0 seconds")
 
 

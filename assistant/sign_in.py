@@ -16,7 +16,8 @@ MAX_TRACKED = 10_000  # keys kept before the ones with no recent failure are swe
 
 
 class SignInLimiter:
-    """Failure times per key ("account:NAME", "address:HOST"), oldest first."""
+    """Failure times per key ("account:NAME", "account:NAME@HOST", "address:HOST"), oldest
+    first."""
 
     def __init__(self, config: SignInConfig, clock: Callable[[], float] = time.monotonic):
         self.config = config
@@ -30,15 +31,23 @@ class SignInLimiter:
             times.popleft()
         return times
 
-    def check(self, name: str, address: str | None) -> None:
-        """Raise TooManySignIns, with when to try again, if the account or address is at its
-        limit; otherwise let the attempt go ahead."""
-        now = self._clock()
-        limits = [(f"account:{name}", self.config.failures_per_account, "this account")]
+    def _limits(self, name: str, address: str | None) -> list[tuple[str, int, str]]:
+        """(key, limit, whose) of every count one attempt adds to."""
+        c = self.config
+        limits = [(f"account:{name}", c.failures_per_account, "this account")]
         if address:
-            limits.append((f"address:{address}", self.config.failures_per_address, "your address"))
+            limits += [
+                (f"account:{name}@{address}", c.failures_per_account_here, "this account"),
+                (f"address:{address}", c.failures_per_address, "your address"),
+            ]
+        return limits
+
+    def check(self, name: str, address: str | None) -> None:
+        """Raise TooManySignIns, with when to try again, if any count of this attempt is at
+        its limit; otherwise let the attempt go ahead."""
+        now = self._clock()
         with self._lock:
-            for key, limit, whose in limits:
+            for key, limit, whose in self._limits(name, address):
                 times = self._recent(key, now)
                 if len(times) >= limit:
                     wait = times[len(times) - limit] + self.config.window_s - now
@@ -54,9 +63,11 @@ class SignInLimiter:
         with self._lock:
             if len(self._failures) > MAX_TRACKED:
                 self._failures = {k: t for k, t in self._failures.items() if self._recent(k, now)}
-            for key in [f"account:{name}"] + ([f"address:{address}"] if address else []):
+            for key, _, _ in self._limits(name, address):
                 self._failures.setdefault(key, deque()).append(now)
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, address: str | None) -> None:
+        """A right password: this account's failures from this address are forgiven (those
+        from elsewhere, and the address's own count, stay)."""
         with self._lock:
-            self._failures.pop(f"account:{name}", None)
+            self._failures.pop(f"account:{name}@{address}" if address else f"account:{name}", None)

@@ -92,7 +92,7 @@ def test_password_guessing_is_paused_with_a_readable_answer(app: tuple) -> None:
     asst, url = app
     asst.add_user("rita", password="rita-password")
     try:
-        for _ in range(asst.config.sign_in.failures_per_account):
+        for _ in range(asst.config.sign_in.failures_per_account_here):
             assert sign_in_session(url, "rita", "a-guess")[1].status_code == 400
         _, refused = sign_in_session(url, "rita", "rita-password")  # right, but paused
         assert refused.status_code == 429

@@ -390,7 +390,7 @@ def test_the_users_controls_in_a_real_browser(
         asst.set_password("alice", "alice-new-password")  # as `attune user passwd` would
         page.reload()
         page.get_by_label("username").wait_for()  # the old session ended
-        for attempt in range(asst.config.sign_in.failures_per_account + 1):
+        for attempt in range(asst.config.sign_in.failures_per_account_here + 1):
             page.get_by_label("username").fill("alice")
             page.get_by_label("password").fill(f"guess-{attempt}")
             with page.expect_response(lambda r: r.url.rstrip("/").endswith("/login")) as answer:
