@@ -295,12 +295,15 @@ class Conversations(AssistantCore):
             Reply(new["id"], new["conversation_id"], new["text"], versions[0], samples[0].finished),
         )
 
-    def branch(self, user: str, message_id: str) -> str:
+    def branch(self, user: str, message_id: str, edited: str | None = None) -> str:
         """Start a new conversation from one of the user's own messages, to continue with an
         edited version of it: the new conversation holds what the model saw before that
         message (copies; an A/B comparison's prompt and kept answer only), and the original
-        conversation, with its thumbs and choices, stays as it is. Returns the new id."""
+        conversation, with its thumbs and choices, stays as it is. Returns the new id.
+        `edited`, the text that will be sent in it, is checked first: refused, nothing is made."""
         u = self.user(user)
+        if edited is not None:
+            clean_text(edited, "message", self.config.chat.max_message_chars)
         message = self._message(u, message_id)
         if message["role"] != "user":
             raise InvalidInput("only your own messages can be edited")

@@ -620,9 +620,11 @@ def test_edit_a_message_continues_in_a_branch(users: Assistant) -> None:
     edited = gr.EditData(
         None, {"index": 0, "value": "first question, better", "previous_value": "first question"}
     )
-    *_, final = chat.edit(conversation, alice, edited)
-    shown, branch, _, conversations, reply = final
-    assert branch != conversation and reply["conversation_id"] == branch
+    first_update, *_, final = chat.edit(conversation, alice, edited)
+    _, branch, box, conversations, _ = first_update  # the page moves to the branch at once
+    assert branch != conversation and is_skip(box)  # the message box is left as it is
+    *_, reply = final
+    assert reply["conversation_id"] == branch
     assert [m["text"] for m in users.messages("alice", branch)][0] == "first question, better"
     assert users.messages("alice", conversation) == before  # the original, as it was
     assert "first question (edited)" in [c[0] for c in conversations.choices]
@@ -632,4 +634,9 @@ def test_edit_a_message_continues_in_a_branch(users: Assistant) -> None:
     empty = gr.EditData(None, {"index": 0, "value": "  ", "previous_value": "first question"})
     with pytest.raises(gr.Error, match="cannot be empty"):
         list(chat.edit(conversation, alice, empty))
+    control = gr.EditData(
+        None, {"index": 0, "value": "bad\x00", "previous_value": "first question"}
+    )
+    with pytest.raises(gr.Error, match="control character"):
+        list(chat.edit(conversation, alice, control))
     assert len(users.conversations("alice")) == 2  # the refused edits made no branch

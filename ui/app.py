@@ -1,13 +1,15 @@
-"""The Gradio app: layout and event wiring. Handlers live in chat.py, compare.py, panel.py and
-operator.py, and call only the `Assistant` facade.
+"""The Gradio app: layout and event wiring. Handlers live in chat.py, compare.py, ab.py,
+panel.py, controls.py, operator.py and overview.py, and call only the `Assistant` facade.
 
 Every event has an `api_name`. The public ones are what `gradio_client.Client(url,
-auth=(name, password))` drives: chat, rate, compare, choose, new_conversation,
-open_conversation, assistant_panel; the user's controls learning_paused, pause_learning,
-learn_from_conversation, undo_last_update, reset_to_base, my_data, delete_my_account; and the
-operator's operator_data, rollback and train_now.
-The rest (the thumbs of the chat, the four choice buttons, refreshes) are private: they need
-the browser's event data or only repeat a public endpoint.
+auth=(name, password))` drives: chat, rate, explain, regenerate_reply, branch, compare,
+choose, new_conversation, open_conversation, assistant_panel; the user's controls
+learning_paused, pause_learning, learn_from_conversation, undo_last_update, reset_to_base,
+my_data, delete_my_account; and the operator's operator_data, rollback, train_now,
+users_overview, feedback_browser and export_feedback.
+The rest (the thumbs, retry and edit of the chat, the "why?" row, the choice buttons, table
+clicks, refreshes) are private: they need the browser's event data or only repeat a public
+endpoint.
 
 Concurrency: replies (chat, compare) share one concurrency group limited by
 `ServeConfig.concurrency`, set as `queue(default_concurrency_limit=...)`; see `ServeConfig`
@@ -19,8 +21,9 @@ One page sends one message at a time: chat and compare use trigger_mode="once", 
 Enter while a reply is being written is ignored by the browser (the message box still holds
 the text until the reply is stored, so nothing typed is lost). Requests from other tabs and
 API clients are not affected: they wait in the queue. Opening another conversation or
-starting a new one cancels the reply streaming on that page (nothing of it is stored), so the
-chat never shows one conversation while a reply for another is written into it.
+starting a new one cancels the reply streaming on that page (nothing of it is stored; an
+edit's branch stays, holding what came before the edited message), so the chat never shows
+one conversation while a reply for another is written into it.
 """
 
 from __future__ import annotations
@@ -289,12 +292,21 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             trigger_mode="once",
         )
         replying.then(**refresh_panel, api_name="panel_after_chat")
+        editing = chatbot.edit(
+            chat.edit,
+            inputs=conversation_id,
+            outputs=[chatbot, conversation_id, message, conversations, last_reply],
+            api_name="edit",
+            concurrency_id=GENERATION,
+            **PRIVATE,
+        )
+        editing.then(**refresh_panel, api_name="panel_after_edit")
         starting = gr.on(
             [new_button.click, chatbot.clear],  # clearing the chat starts a new conversation
             chat.new,
             outputs=[chatbot, conversation_id, conversations],
             api_name="new_conversation",
-            cancels=[replying],
+            cancels=[replying, editing],
             **QUICK,
         )
         opening = conversations.input(
@@ -302,7 +314,7 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
             inputs=conversations,
             outputs=[chatbot, conversation_id],
             api_name="open_conversation",
-            cancels=[replying],
+            cancels=[replying, editing],
             **QUICK,
         )
         chatbot.retry(
@@ -328,15 +340,6 @@ def build_app(asst: Assistant, config: ServeConfig) -> gr.Blocks:
                 **QUICK,
                 **PRIVATE,
             ).then(**refresh_panel, api_name=f"panel_after_regenerated_{winner}")
-        editing = chatbot.edit(
-            chat.edit,
-            inputs=conversation_id,
-            outputs=[chatbot, conversation_id, message, conversations, last_reply],
-            api_name="edit",
-            concurrency_id=GENERATION,
-            **PRIVATE,
-        )
-        editing.then(**refresh_panel, api_name="panel_after_edit")
         leaving = {"chat": replying, "edit": editing, "new": starting, "open": opening}
         for name, event in leaving.items():  # another turn or conversation: that pair is past
             event.then(

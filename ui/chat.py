@@ -226,8 +226,12 @@ class Chat:
             text = message_text(clicked_text(data.value), self.config.max_message_chars)
             if not text:
                 raise gr.Error("An edited message cannot be empty.", print_exception=False)
-            branch = self.asst.branch(user, rows[index].message_id)
-        yield from self.send(text, branch, request)
+            branch = self.asst.branch(user, rows[index].message_id, text)
+            # the page moves to the branch at once, whatever happens to the reply; the message
+            # box keeps whatever the user is typing there
+            yield gr.skip(), branch, gr.skip(), self._conversations(user, branch), gr.skip()
+        for shown, _, _, conversations, reply in self.send(text, branch, request):
+            yield shown, gr.skip(), gr.skip(), conversations, reply
 
     def regenerate_api(self, message_id: str, request: gr.Request) -> dict[str, Any]:
         """API: regenerate your conversation's last reply by its id; the earlier and the new
