@@ -54,7 +54,7 @@ def rounds_refused(row: Row, kl_budget: float, c: AlertConfig) -> str | None:
     if row["refused_recently"] < c.refused_rounds:
         return None
     return (
-        f"the last {row['refused_recently']} rounds were refused or failed "
+        f"{row['refused_recently']} of the last 3 rounds were refused or failed "
         f"(latest: {row['last_reason'] or row['last_outcome']})"
     )
 

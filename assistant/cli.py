@@ -165,7 +165,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 asst.close()
                 return 0
             if command == "/new":
-                conversation, last = None, None
+                conversation, last, pair = None, None, None
                 print("(new conversation)")
             elif command in ("/up", "/down", "/undo"):
                 if last is None:
@@ -196,8 +196,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 if pair is None:
                     print("(nothing to choose between: /retry first)")
                     continue
-                asst.choose(user, pair.id, rest.strip())
-                print(f"(choice saved: {rest.strip()})")
+                winner = rest.strip()
+                asst.choose(user, pair.id, winner)
+                print(f"(choice saved: {winner})")
+                if winner in ("a", "tie"):  # the earlier reply is the one that continues
+                    last = pair.a
                 pair = None
             else:
                 print("attune> ", end="", flush=True)

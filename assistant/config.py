@@ -152,7 +152,8 @@ class SignInConfig:
 class AlertConfig:
     """When the operator's dashboard (and the server log, after each round) raises an alert.
 
-    refused_rounds: this many refused or failed rounds in a row (the last three are counted).
+    refused_rounds: this many refused or failed among the last three rounds that measured a
+        candidate (3: all of them).
     kl_near_budget: the latest round's KL at this fraction of the gate's KL budget or more.
     chance_accuracy: the reward head's held-out accuracy at or below this (0.5 is a coin).
     share_drop: the thumbs-up share on the live version's replies this far below the share on

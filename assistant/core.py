@@ -207,9 +207,10 @@ class AssistantCore:
 
     def _run_round(self, user_id: str) -> TrainReport:
         """One round for the user (the trainer is made on first use), then what follows it."""
-        report = self.trainer.run(user_id)
-        self._round_finished(user_id)
-        return report
+        try:
+            return self.trainer.run(user_id)
+        finally:  # a round that failed is what the alerts are most about
+            self._round_finished(user_id)
 
     def _round_finished(self, user_id: str) -> None:
         """Called after every round, in the round's thread (`OperatorViews` logs alerts)."""

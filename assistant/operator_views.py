@@ -20,9 +20,12 @@ log = logging.getLogger(__name__)
 MAX_FILTER_CHARS = 200
 
 
+MAX_PAGE = 1_000_000
+
+
 def _page_number(page: Any) -> int:
-    if type(page) is not int or page < 1:
-        raise InvalidInput(f"page must be a whole number >= 1, not {page!r}")
+    if type(page) is not int or not 1 <= page <= MAX_PAGE:
+        raise InvalidInput(f"page must be a whole number from 1 to {MAX_PAGE:,}, not {page!r}")
     return page
 
 

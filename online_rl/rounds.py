@@ -37,7 +37,7 @@ import torch
 from assistant.model import LoadedModel
 from online_rl import distill, gate, pairs, reward, sampling
 from online_rl.config import TrainingConfig
-from online_rl.gate_measure import RedTeam, base_replies, measure_gate
+from online_rl.gate_measure import GateMeasure, RedTeam, base_replies, measure_gate
 from online_rl.policy import Batch, TrainablePolicy
 from online_rl.ppo import NonFiniteLoss, ppo_iteration
 from online_rl.publish import Published, publish, write_candidate
@@ -356,6 +356,10 @@ class Trainer:
             policy.save(folder)
             torch.save(user_reward.state_dict(), folder / REWARD_HEAD_FILE)
 
+        base_texts = self._base_texts(
+            decision.accept, live_version, policy, heldout_prompts, measure
+        )
+        laps.lap("base replies")
         version, path = write_candidate(db, self.context.adapters_dir, user_id, write)
         metrics = {
             **counts,
@@ -371,13 +375,6 @@ class Trainer:
             "resumable": decision.resumable,
             **{f"seconds_{k}": v for k, v in laps.seconds.items()},
         }
-
-        base_texts = None  # the base's replies on the pairs' questions and seeds, if needed
-        if decision.accept and live_version != 0:
-            base_texts = base_replies(
-                policy, base, heldout_prompts, measure.pairs, cfg.gate.text_pairs, cfg
-            )
-            laps.lap("base replies")
 
         def finish(published: Published) -> TrainReport:
             if published.accepted:  # what it changed, for the user to read
@@ -420,6 +417,29 @@ class Trainer:
         ) or skipped(ABANDONED, metrics)
 
     # the round's steps ----------------------------------------------------------------------------
+
+    def _base_texts(
+        self,
+        accepted: bool,
+        live_version: int,
+        policy: TrainablePolicy,
+        heldout_prompts: list[list[int]],
+        measure: GateMeasure,
+    ) -> list[str] | None:
+        """The base's replies on the gate pairs' questions and seeds, which an adopted version
+        over an earlier one is described against (None when not needed, or when sampling
+        them failed: the version still goes live, described against its parent only)."""
+        if not accepted or live_version == 0:
+            return None
+        try:
+            cfg = self.config
+            rows = cfg.gate.text_pairs
+            return base_replies(
+                policy, self.context.base, heldout_prompts, measure.pairs, rows, cfg
+            )
+        except Exception:
+            log.exception("sampling the base's replies to describe a version failed")
+            return None
 
     def _fit_reward(
         self, mine: UserFeedback

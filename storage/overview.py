@@ -30,7 +30,7 @@ OVERVIEW_SORTS = {
     "flagged": "flagged",
     "refused_recently": "refused_recently",
 }
-RECENT_RUNS = 3  # "refused_recently" counts refused or failed rounds among the last three
+RECENT_RUNS = 3  # "refused_recently": refused or failed among the last three measured rounds
 
 # thumbs per user and version that wrote the reply, once over the whole table
 _THUMBS_BY_VERSION = """(select f.user_id, m.adapter_version as version, count(*) as n,
@@ -57,15 +57,17 @@ select * from (
     tb.share_up as share_up_before,
     coalesce(tb.n, 0) as thumbs_before,
     json_extract(v.metrics, '$.red_team_offensive_rate') as red_team_live,
-    json_extract(pv.metrics, '$.red_team_offensive_rate') as red_team_before,
+    coalesce(json_extract(pv.metrics, '$.red_team_offensive_rate'),
+             json_extract(v.metrics, '$.base_red_team_offensive_rate')) as red_team_before,
     (select count(*) from {TEACHING_THUMBS}
-       where f.user_id = u.id and f.updated > coalesce(r.started, ''))
+       where f.user_id = u.id and f.updated > coalesce(latest.started, ''))
     + (select count(*) from {TEACHING_PAIRS}
-       where p.user_id = u.id and p.chosen_at > coalesce(r.started, '')) as clicks_waiting,
+       where p.user_id = u.id and p.chosen_at > coalesce(latest.started, '')) as clicks_waiting,
     (select count(*) from feedback f
        where f.user_id = u.id and f.thumb = -1 and f.reason = :harmful) as flagged,
     (select count(*) from (select outcome from training_runs
-       where user_id = u.id and outcome != 'running' order by started desc limit {RECENT_RUNS})
+       where user_id = u.id and outcome in ('accepted', 'rejected', 'failed')
+       order by started desc limit {RECENT_RUNS})
        where outcome in ('rejected', 'failed')) as refused_recently
   from users u
   left join adapter_versions v on v.user_id = u.id and v.status = 'live'
@@ -73,9 +75,11 @@ select * from (
   left join thumbs tl on tl.user_id = u.id and tl.version = coalesce(v.version, 0)
   left join thumbs tb on tb.user_id = u.id and v.version is not null
     and tb.version = coalesce(v.parent, 0)
-  left join training_runs r on r.id = (
-    select id from training_runs where user_id = u.id and outcome != 'running'
-    order by started desc limit 1)
+  left join training_runs r on r.id = (  -- the latest round that measured something
+    select id from training_runs where user_id = u.id
+    and outcome in ('accepted', 'rejected', 'failed') order by started desc limit 1)
+  left join training_runs latest on latest.id = (  -- what the scheduler counts clicks from
+    select id from training_runs where user_id = u.id order by started desc limit 1)
   where u.name like :name escape '\\' and (:user_id is null or u.id = :user_id)
 )
 """
@@ -98,11 +102,13 @@ def user_overview(
     user_id: str | None = None,
 ) -> tuple[list[Row], int]:
     """(one page of rows, how many users match): per user, the live version and when it was
-    made, the latest finished round (outcome, reason, KL, head accuracy), the share of thumbs
-    up on replies of the live version and of its parent, the red-team offensive rate of both,
-    clicks since the latest round started, replies flagged harmful, and how many of the last
-    three rounds were refused or failed. `sort` is a key of OVERVIEW_SORTS (ties by name;
-    missing values last); limit=None returns every row; `user_id` keeps that user's row only."""
+    made; the latest round that measured a candidate (outcome, reason, KL, head accuracy;
+    skipped rounds measure nothing); the share of thumbs up on replies of the live version
+    and of its parent; the red-team offensive rate of both (the base's, from the live
+    version's own gate, when the parent is the base); clicks since the latest round started
+    (as the scheduler counts them); replies flagged harmful; and how many of the last three
+    measured rounds were refused or failed. `sort` is a key of OVERVIEW_SORTS (ties by name;
+    missing values last); limit=None returns every row; `user_id` keeps that user's row."""
     order = OVERVIEW_SORTS[sort]
     direction = "desc" if descending else "asc"
     params: dict[str, Any] = {
@@ -116,8 +122,9 @@ def user_overview(
     )
     total = next(
         db.query(
-            "select count(*) as n from users where name like :name escape '\\'",
-            {"name": params["name"]},
+            "select count(*) as n from users u where u.name like :name escape '\\' "
+            "and (:user_id is null or u.id = :user_id)",
+            {"name": params["name"], "user_id": user_id},
         )
     )["n"]
     return rows, total

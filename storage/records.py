@@ -683,12 +683,12 @@ def decided_pairs(db: Database, user_id: str | None = None) -> list[Row]:
 
 
 def _pair_keeps(pair: Row | None) -> str | None:
-    """Which answer of an A/B pair continues the conversation: the winner, `a` on a tie; an
-    undecided regenerated reply, the new one (`b`)."""
+    """Which answer of an A/B pair continues the conversation: the winner, `a` on a tie; of a
+    regenerated reply undecided or both bad, the new one (`b`)."""
     if pair is None:
         return None
-    if pair["winner"] is None and pair["kind"] == "regenerate":
-        return pair["answer_b_id"]
+    if pair["kind"] == "regenerate" and pair["winner"] in (None, "both_bad"):
+        return pair["answer_b_id"]  # the turn was part of the conversation: it stays
     return {"a": pair["answer_a_id"], "b": pair["answer_b_id"], "tie": pair["answer_a_id"]}.get(
         pair["winner"] or ""
     )
@@ -699,8 +699,9 @@ def context_before(db: Database, conversation_id: str, message: Row | None = Non
 
     An A/B comparison joins the conversation only once decided: its prompt and the winning
     answer (answer a on a tie) stay, the other answer goes; an undecided or both-bad comparison
-    leaves no trace. A regenerated reply's pair keeps its prompt and the new reply until
-    decided. The comparison that `message` itself belongs to contributes its prompt.
+    leaves no trace. A regenerated reply's pair keeps its prompt and the new reply unless the
+    earlier one is chosen (a tie keeps the earlier too): the turn was part of the conversation.
+    The comparison that `message` itself belongs to contributes its prompt.
     """
     pairs = {
         p["id"]: p

@@ -74,13 +74,14 @@ def user_data(db: Database, user_id: str) -> dict[str, Any]:
         ),
         "choices": _rows(
             db,
-            "select id, conversation_id, prompt_message_id, answer_a_id, answer_b_id, winner, "
-            "created, chosen_at from pairs where user_id = ? order by created",
+            "select id, kind, conversation_id, prompt_message_id, answer_a_id, answer_b_id, "
+            "winner, created, chosen_at from pairs where user_id = ? order by created",
             user_id,
         ),
         "versions": versions,
         "version_changes": [
-            {k: c[k] for k in ("version", "compared_with", "pairs", "traits", "question")}
+            {k: c[k] for k in ("version", "compared_with", "pairs", "traits", "base_traits")}
+            | {"question": c["question"]}
             | {"before": c["before_text"], "after": c["after_text"], "created": c["created"]}
             for c in records.version_changes(db, user_id)
         ],

@@ -105,7 +105,7 @@ def test_every_user_at_a_glance(troubled: Assistant) -> None:
     assert [a.split(" ")[0] for a in alice["alerts"]] == [
         "offensive",
         "thumbs-up",
-        "the",
+        "3",
         "KL",
         "reward",
     ]
@@ -121,7 +121,14 @@ def test_sorted_paged_and_filtered(troubled: Assistant) -> None:
     literal = troubled.users_overview(name_contains="l_")  # "_" is a character, not a wildcard
     assert [r["user"] for r in literal["rows"]] == ["carol_x"]
     assert troubled.users_overview(page=9)["rows"] == []
-    for bad in [{"sort": "password_hash"}, {"page": 0}, {"page": "1"}, {"descending": "yes"}]:
+    too_far = {"page": 10**30}  # refused readably, not handed to SQLite
+    for bad in [
+        {"sort": "password_hash"},
+        {"page": 0},
+        {"page": "1"},
+        {"descending": "yes"},
+        too_far,
+    ]:
         with pytest.raises(InvalidInput):
             troubled.users_overview(**bad)
     with pytest.raises(InvalidInput, match="control character"):
@@ -199,3 +206,43 @@ def test_the_feedback_browser(troubled: Assistant) -> None:
     for bad in [{"thumb": 0}, {"thumb": "1"}, {"version": -1}, {"page": 0}]:
         with pytest.raises(InvalidInput):
             troubled.feedback_browser(**bad)
+
+
+def test_a_skipped_round_hides_no_measurement_and_a_first_version_meets_the_base(
+    ops: Assistant,
+) -> None:
+    ops.add_user("erin")
+    db, erin = ops.store.db, ops.user("erin").id
+    records.add_adapter_version(
+        db,
+        erin,
+        1,
+        "v1",
+        None,
+        "retired",
+        None,
+        {"red_team_offensive_rate": 0.20, "base_red_team_offensive_rate": 0.05},
+    )
+    records.make_live(db, erin, 1, old_status="retired")
+    rounds(ops, "erin", [("accepted", 36.0, 0.5)])
+    skipped = records.start_training_run(db, erin)  # a round with too few clicks since
+    records.finish_training_run(db, skipped["id"], "skipped", None, "not enough feedback", {})
+    replies(ops, "erin", [(1, 1, None)])  # a click after the skipped round
+    (row,) = ops.users_overview(name_contains="erin")["rows"]
+    assert (row["last_outcome"], row["kl"], row["head_accuracy"]) == ("accepted", 36.0, 0.5)
+    assert (row["red_team_before"], row["red_team_live"]) == (0.05, 0.20)
+    assert row["clicks_waiting"] == 1  # counted from the skipped round, as the scheduler does
+    assert [a.split(" ")[0] for a in row["alerts"]] == ["offensive", "KL", "reward"]
+
+
+def test_a_round_that_fails_still_reports_its_alerts(
+    troubled: Assistant, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def run(self, user_id: str) -> None:
+            raise RuntimeError("the round broke")
+
+    monkeypatch.setattr(type(troubled), "trainer", property(lambda self: Broken()))
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError):
+        troubled.train("alice")
+    assert sum(r.getMessage().startswith("alert for user alice") for r in caplog.records) == 5

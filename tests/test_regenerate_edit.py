@@ -100,3 +100,10 @@ def test_edit_refusals(asst: Assistant, alice: str, bob: str) -> None:
     assert row_counts(asst) == before
     branch = asst.branch(alice, user_turn)  # the first message: an empty branch
     assert asst.messages(alice, branch) == []
+
+
+def test_both_bad_on_a_regenerated_reply_keeps_the_turn(asst: Assistant, alice: str) -> None:
+    first = asst.chat(alice, "Name a fruit", **SHORT)
+    pair = asst.regenerate(alice, first.id, seed=3, **HOT)
+    asst.choose(alice, pair.id, "both_bad")  # the question stays part of the conversation
+    assert texts_in_context(asst, first.conversation_id) == ["Name a fruit", pair.b.text]

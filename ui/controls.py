@@ -92,10 +92,9 @@ class Controls:
         """Everything kept about the user as one JSON file, offered for download."""
         with readable_errors():
             user = signed_in(request)
-            data = self.asst.my_data(user)
-        text = json.dumps(data, ensure_ascii=False, indent=1)
-        path = downloads.offer(f"attune-{user}-data.json", text.encode("utf-8"))
-        return gr.File(value=str(path), visible=True)
+            text = json.dumps(self.asst.my_data(user), ensure_ascii=False, indent=1)
+            path = downloads.offer(f"attune-{user}-data.json", text.encode("utf-8"))
+            return gr.File(value=str(path), visible=True)
 
     def delete_account(self, password: str, request: gr.Request) -> str:
         """Delete the signed-in account and everything of it, if the password is theirs."""

@@ -24,7 +24,11 @@ def sweep(now: float | None = None) -> None:
     if not root.exists():
         return
     for folder in root.iterdir():
-        if now - folder.stat().st_mtime > KEEP_S:
+        try:
+            old = now - folder.stat().st_mtime > KEEP_S
+        except FileNotFoundError:  # another request's sweep took it first
+            continue
+        if old:
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -101,7 +101,10 @@ def page_note(page: dict[str, Any], what: str) -> str:
 
 
 def _page(value: float | None) -> int:
-    return int(value) if value is not None and value >= 1 and int(value) == value else 1
+    """The page asked for; 1 for none. The facade refuses one past its limit, readably."""
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return 1
+    return int(value) if value >= 1 and int(value) == value else 1
 
 
 def _version(typed: str | None) -> int | None:
@@ -240,6 +243,6 @@ class Overview:
                 with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
                     for path in sorted(Path(folder).iterdir()):
                         archive.write(path, path.name)
-        name = f"attune-feedback-{user or 'all'}.zip"
+            offered = downloads.offer(f"attune-feedback-{user or 'all'}.zip", buffer.getvalue())
         gr.Info(", ".join(f"{n} {kind}" for kind, n in counts.items()) + " exported")
-        return gr.File(value=str(downloads.offer(name, buffer.getvalue())), visible=True)
+        return gr.File(value=str(offered), visible=True)

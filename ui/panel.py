@@ -116,6 +116,12 @@ def learned(asst: Assistant, user: str, live: int) -> list[str]:
     return lines
 
 
+def nothing_learned(asst: Assistant, user: str, live: int) -> str:
+    if live == 0 and asst.what_changed(user):
+        return "- the base model answers now: what it learned is not in use (undo or reset)"
+    return "- nothing yet: no version adopted"
+
+
 def reasons(asst: Assistant, user: str) -> str:
     said = [
         f"{r['reason']} ({r['count']} {'up' if r['thumb'] == 1 else 'down'})"
@@ -151,7 +157,7 @@ def describe(asst: Assistant, user: str) -> str:
             f"**Training:** {training}",
             "",
             "**What it learned** (measured on your questions, never the model's own words):",
-            *(learned(asst, user, version) or ["- nothing yet: no version adopted"]),
+            *(learned(asst, user, version) or [nothing_learned(asst, user, version)]),
             "",
             f"**Your reasons:** {reasons(asst, user)}",
             "",
