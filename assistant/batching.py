@@ -134,6 +134,8 @@ class DecodeBatcher:
         self._thread: threading.Thread | None = None
         self._lora: StackedLora | None = None  # per-row LoRA, once the model holds adapters
         self._adapters_changed = True
+        self._idle = threading.Event()  # set while no reply is being written or waiting
+        self._idle.set()
 
     # the callers' side ------------------------------------------------------------------------
 
@@ -151,6 +153,7 @@ class DecodeBatcher:
             if self._closed:
                 raise BatcherClosed("the assistant is closing")
             self._waiting.append(group)
+            self._idle.clear()
             self._start()
             self._wake.notify()
         try:
@@ -163,6 +166,11 @@ class DecodeBatcher:
                 yield item, group.versions
         finally:
             group.cancelled.set()
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Block until no reply is being written or waiting (True), or `timeout` seconds have
+        passed (False): a training round calls this between its steps, so chat goes first."""
+        return self._idle.wait(timeout)
 
     def close(self) -> None:
         """Stop the worker; replies still being generated end with BatcherClosed."""
@@ -184,6 +192,7 @@ class DecodeBatcher:
         while True:
             with self._wake:
                 while not self._closed and not self._waiting and not batch.groups:
+                    self._idle.set()
                     self._wake.wait()
                 if self._closed:
                     self._fail(batch.groups + list(self._waiting), BatcherClosed("closing"))

@@ -149,6 +149,7 @@ class AssistantCore:
                     context_tokens=self.config.chat.context_tokens,
                     quantize=self.config.model.quantize,
                     serving_version=adapters.usable_version,
+                    between_steps=self._chat_first,
                 )
                 self._trainer = Trainer(context, self._training_config or TrainingConfig())
             return self._trainer
@@ -204,6 +205,12 @@ class AssistantCore:
             config or training_scheduler.SchedulerConfig(),
         )
         return self.scheduler
+
+    def _chat_first(self) -> None:
+        """Between a round's steps: wait while a chat reply is being written (bounded by
+        `round_waits_for_chat_s`), so the round slows down and chat does not."""
+        if self._batcher is not None and self.config.round_waits_for_chat_s > 0:
+            self._batcher.wait_until_idle(self.config.round_waits_for_chat_s)
 
     def _run_round(self, user_id: str) -> TrainReport:
         """One round for the user (the trainer is made on first use), then what follows it."""

@@ -2,7 +2,11 @@
 
 User "trainee" gives enough A/B feedback for a round; user "chatter" streams replies, first
 with nothing else running (idle), then while trainee's rounds run back to back in a worker
-thread. Reported: time to first token and whole-reply seconds, median and p95, per phase.
+thread: once with the round not yielding ("training, round not waiting":
+`round_waits_for_chat_s` = 0), once with chat first (the default: the round waits between its
+steps while a reply is being written). `--gap` seconds pass between chats in the training
+phases (a person reading the reply), in which the round goes on. Reported per phase: time to
+first token and whole-reply seconds, median and p95, and the round steps done per second.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import platform
 import statistics
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="attune bench chat-during-training")
     parser.add_argument("--chats", type=int, default=12, help="replies per phase")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per reply")
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds between chats")
     parser.add_argument("--out", default=str(report.RESULTS / "chat_during_training.json"))
     opts = parser.parse_args(options)
 
@@ -48,15 +54,27 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         pair = asst.compare("trainee", q, max_new_tokens=48, seed=i)
         asst.choose("trainee", pair.id, "a" if len(pair.a.text) < len(pair.b.text) else "b")
 
-    phases: dict[str, dict[str, list[float]]] = {"idle": {}, "training": {}}
+    phases: dict[str, dict[str, list[float]]] = {}
+    steps: dict[str, float] = {}  # round steps per second, per phase
 
-    def measure(phase: str) -> None:
+    def measure(phase: str, gap: float) -> None:
+        phases[phase] = {}
         for i in range(opts.chats):
             ttft, total = chat_once(asst, "chatter", QUESTIONS[i % len(QUESTIONS)], opts.tokens)
             phases[phase].setdefault("ttft", []).append(ttft)
             phases[phase].setdefault("reply_seconds", []).append(total)
+            time.sleep(gap)
 
-    measure("idle")
+    measure("idle", 0.0)
+    policy = asst.trainer.policy
+    done = [0]
+    chat_first = policy.between_steps
+
+    def counted() -> None:
+        chat_first()
+        done[0] += 1
+
+    policy.between_steps = counted
     stop = threading.Event()
     rounds: list[float] = []
 
@@ -69,23 +87,51 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     worker = threading.Thread(target=train_loop, daemon=True)
     worker.start()
     time.sleep(5)  # let the round get past its set-up into sampling and PPO
-    measure("training")
+    default_wait = asst.config.round_waits_for_chat_s
+    for phase, wait in [
+        ("training, round not waiting", 0.0),
+        ("training, chat first", default_wait),
+    ]:
+        asst.config = replace(asst.config, round_waits_for_chat_s=wait)
+        before, started = done[0], time.perf_counter()
+        measure(phase, opts.gap)
+        steps[phase] = (done[0] - before) / (time.perf_counter() - started)
     stop.set()
     worker.join()
+    asst.config = replace(asst.config, round_waits_for_chat_s=default_wait)
 
     summary = {
         phase: {f"{k}_median": statistics.median(v) for k, v in values.items()}
         | {f"{k}_p95": report.percentile(v, 95) for k, v in values.items()}
         for phase, values in phases.items()
     }
-    print(f"{'phase':<10}{'TTFT p50':>10}{'TTFT p95':>10}{'reply p50':>11}{'reply p95':>11}")
-    for phase, s in summary.items():
-        print(
-            f"{phase:<10}{s['ttft_median']:>10.2f}{s['ttft_p95']:>10.2f}"
-            f"{s['reply_seconds_median']:>11.2f}{s['reply_seconds_p95']:>11.2f}"
-        )
-    ratio = summary["training"]["ttft_p95"] / summary["idle"]["ttft_p95"]
-    print(f"p95 TTFT while training / idle: {ratio:.2f}; rounds run meanwhile: {len(rounds)}")
+    idle = summary["idle"]
+    rows = [
+        [
+            phase,
+            round(s["ttft_median"], 3),
+            round(s["ttft_p95"], 3),
+            round(s["ttft_p95"] / idle["ttft_p95"], 2),
+            round(s["reply_seconds_median"], 2),
+            round(s["reply_seconds_p95"], 2),
+            round(s["reply_seconds_p95"] / idle["reply_seconds_p95"], 2),
+            round(steps.get(phase, 0.0), 2),
+        ]
+        for phase, s in summary.items()
+    ]
+    headers = [
+        "phase",
+        "TTFT p50 (s)",
+        "TTFT p95 (s)",
+        "TTFT p95 / idle",
+        "reply p50 (s)",
+        "reply p95 (s)",
+        "reply p95 / idle",
+        "round steps/s",
+    ]
+    print(report.table(headers, rows))
+    ratio = summary["training, chat first"]["ttft_p95"] / idle["ttft_p95"]
+    print(f"p95 TTFT while training (chat first) / idle: {ratio:.2f}; rounds: {len(rounds)}")
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -97,6 +143,9 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
                 "settings": vars(opts),
                 "summary": summary,
                 "p95_ttft_ratio": ratio,
+                "headers": headers,
+                "rows": rows,
+                "round_steps_per_second": steps,
                 "round_seconds": rounds,
                 "raw": phases,
             },

@@ -131,6 +131,7 @@ def distill(
     if best and c.distill_steps:  # `examples` counts what was imitated, not what was picked
         batch = to_batch(best)
         for _ in range(c.distill_steps):
+            policy.between_steps()  # serving lets a chat reply go first
             done.losses.append(supervised_step(policy.peft, optimizer, batch, ppo.max_grad_norm))
         done.examples += len(best)
     pairs = ranked_pairs(it, c.samples_per_prompt, c.ranked_pair_margin, ppo)
@@ -142,6 +143,7 @@ def distill(
         ref_chosen = sequence_logprob(policy.peft, chosen)
         ref_rejected = sequence_logprob(policy.peft, rejected)
     for _ in range(c.ranked_preference_steps):
+        policy.between_steps()
         loss, _accuracy = preference_step(
             policy.peft,
             optimizer,

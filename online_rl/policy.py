@@ -11,7 +11,7 @@ width R; the logits that score response token t come from column P - 1 + t.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +158,18 @@ def new_value_head(hidden_size: int) -> nn.Module:
 class TrainablePolicy:
     """The user's LoRA (trainable), the live LoRA (frozen, for the gate), and a value head."""
 
-    def __init__(self, model: Any, lora: LoraSettings, device: torch.device):
+    def __init__(
+        self,
+        model: Any,
+        lora: LoraSettings,
+        device: torch.device,
+        between_steps: Callable[[], object] = lambda: None,
+    ):
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
         self.lora = lora
         self.device = device
+        self.between_steps = between_steps  # before each decoding step and update minibatch
         self.peft = get_peft_model(
             model,
             LoraConfig(
@@ -244,14 +251,20 @@ class TrainablePolicy:
         every layer (README "A round's sampling" measures the difference). Afterwards peft
         computes the LoRA again, for the training steps that differentiate it.
         """
+        forward = bind_forward(self.peft)
+
+        def step(*args: Any) -> Any:
+            self.between_steps()
+            return forward(*args)
+
         if set(adapter_names) == {TRAINABLE}:
-            yield bind_forward(self.peft)
+            yield step
             return
         stacked = StackedLora(self.peft)
         stacked.refresh()
         stacked.use(adapter_names)
         try:
-            yield bind_forward(self.peft)
+            yield step
         finally:
             stacked.detach()
 

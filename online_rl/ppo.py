@@ -165,8 +165,10 @@ def ppo_update(
     rollouts: Rollouts,
     kl_coef: float,
     c: PPOConfig,
+    between_steps: Callable[[], object] = lambda: None,
 ) -> dict[str, float]:
-    """One PPO update on `rollouts`.
+    """One PPO update on `rollouts`. `between_steps()` runs before each minibatch (serving
+    uses it to let a chat reply go first).
 
     Returns the statistics of the update (means over the minibatches that were not skipped).
     """
@@ -201,6 +203,7 @@ def ppo_update(
     for _epoch in range(c.epochs):
         order = torch.randperm(n)
         for start in range(0, n, c.minibatch_size):
+            between_steps()
             rows = order[start : start + c.minibatch_size]
             m = mask[rows]
             new = forward_batch(policy, batch.rows(rows), c.temperature, value_head)
@@ -316,7 +319,9 @@ def ppo_iteration(
     stats = None
     if update:
         rollouts = Rollouts(batch, scores, finished, ref.logprobs, penalty)
-        stats = ppo_update(policy.peft, policy.value_head, optimizer, rollouts, kl_coef, c)
+        stats = ppo_update(
+            policy.peft, policy.value_head, optimizer, rollouts, kl_coef, c, policy.between_steps
+        )
         kl_coef = adaptive_kl_coef(kl_coef, stats["kl"], len(prompts), c)
     return Iteration(
         prompts,

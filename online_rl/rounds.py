@@ -71,6 +71,9 @@ class RoundContext:
 
     serving_version(user_id) -> (version, folder): the version serving uses (the live one, or
     the newest older intact one if live's files are damaged; 0 and None for the base).
+    between_steps(): called between the round's sampling and update steps; serving makes it
+    wait while a chat reply is being written (chat first). It changes when a step runs, never
+    what it computes.
     """
 
     base: LoadedModel
@@ -80,6 +83,7 @@ class RoundContext:
     context_tokens: int
     quantize: str
     serving_version: Callable[[str], tuple[int, Path | None]]
+    between_steps: Callable[[], object] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,9 @@ class Trainer:
     def policy(self) -> TrainablePolicy:
         if self._policy is None:
             base = self.context.base
-            self._policy = TrainablePolicy(base.training_copy(), self.config.lora, base.device)
+            self._policy = TrainablePolicy(
+                base.training_copy(), self.config.lora, base.device, self.context.between_steps
+            )
         return self._policy
 
     # what the serving side asks of it -----------------------------------------------------------
@@ -296,6 +302,7 @@ class Trainer:
             rc,
             cfg.ppo.max_grad_norm,
             rng,
+            policy.between_steps,
         )
         laps.lap("warm_start")
 

@@ -111,15 +111,18 @@ def warm_start(
     c: RoundConfig,
     max_grad_norm: float,
     rng: random.Random,
+    between_steps: Callable[[], object] = lambda: None,
 ) -> WarmStart:
     """`sft_steps` supervised steps on random batches of the demonstrations, then
     `preference_steps` DPO steps on random batches of the (chosen, rejected) pairs, whose base
-    log-probs are `reference`."""
+    log-probs are `reference`; `between_steps()` before each (serving lets chat go first)."""
     done = WarmStart()
     for _ in range(c.sft_steps if demonstrations else 0):
+        between_steps()
         chosen = rng.sample(demonstrations, min(len(demonstrations), c.sft_batch))
         done.sft_losses.append(supervised_step(policy, optimizer, to_batch(chosen), max_grad_norm))
     for _ in range(c.preference_steps if pairs else 0):
+        between_steps()
         rows = rng.sample(range(len(pairs)), min(len(pairs), c.preference_batch))
         loss, accuracy = preference_step(
             policy,

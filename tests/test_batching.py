@@ -247,3 +247,22 @@ def test_a_reply_that_cannot_join_fails_alone(
         asst.chat(bob, "hi", **SAMPLED)
     rows, _, _ = list(running)[-1]
     assert rows[0] == reference
+
+
+def test_a_round_between_its_steps_waits_while_a_reply_is_written(
+    asst: Assistant, alice: str
+) -> None:
+    """Chat first: `_chat_first` (a round's `between_steps`) returns at once when nothing is
+    being written, and waits while a reply is, until it ends or the bound passes."""
+    asst.chat(alice, "warm up", max_new_tokens=2)  # the batcher exists, idle again
+    assert asst.batcher.wait_until_idle(0.0)
+    stream = asst.chat_stream(alice, "a long story please", max_new_tokens=200, temperature=0.8)
+    next(stream)  # a reply is being written
+    assert not asst.batcher.wait_until_idle(0.0)
+    waited: list[bool] = []
+    round_step = threading.Thread(target=lambda: waited.append(asst.batcher.wait_until_idle(60)))
+    round_step.start()
+    list(stream)  # the reply ends...
+    round_step.join(timeout=60)
+    assert waited == [True]  # ...and the waiting step goes on
+    assert asst.batcher.wait_until_idle(0.0)

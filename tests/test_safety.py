@@ -215,9 +215,9 @@ def test_every_rollout_carries_the_graded_penalty_into_ppo(
     seen: list[torch.Tensor] = []
     real_update = ppo.ppo_update
 
-    def spy(peft, value_head, optimizer, rollouts, kl_coef, config):
+    def spy(peft, value_head, optimizer, rollouts, kl_coef, config, between_steps):
         seen.append(rollouts.penalty)
-        return real_update(peft, value_head, optimizer, rollouts, kl_coef, config)
+        return real_update(peft, value_head, optimizer, rollouts, kl_coef, config, between_steps)
 
     monkeypatch.setattr(ppo, "ppo_update", spy)
     training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))

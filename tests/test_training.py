@@ -485,9 +485,9 @@ def test_the_kl_coefficient_carries_from_the_live_version_into_the_next_round(
     used: list[float] = []
     update = ppo.ppo_update
 
-    def spy(peft, value_head, optimizer, rollouts, kl_coef, config):
+    def spy(peft, value_head, optimizer, rollouts, kl_coef, config, between_steps):
         used.append(kl_coef)
-        return update(peft, value_head, optimizer, rollouts, kl_coef, config)
+        return update(peft, value_head, optimizer, rollouts, kl_coef, config, between_steps)
 
     monkeypatch.setattr(ppo, "ppo_update", spy)
     give_feedback(accepting, "alice")
@@ -501,3 +501,17 @@ def test_the_kl_coefficient_carries_from_the_live_version_into_the_next_round(
     give_feedback(accepting, "alice")
     accepting.train("alice")
     assert used[1] == stored
+
+
+def test_a_round_offers_chat_the_cores_between_its_steps(accepting: Assistant) -> None:
+    """The round calls `between_steps` before every decoding step and update minibatch
+    (serving waits there while a chat reply is written: tests/test_batching.py)."""
+    policy = accepting.trainer.policy
+    assert policy.between_steps == accepting._chat_first  # wired by the facade
+    steps: list[int] = []
+    policy.between_steps = lambda: steps.append(1)
+    give_feedback(accepting, "alice")
+    report = accepting.train("alice")
+    ppo = accepting.trainer.config.ppo
+    assert len(steps) >= ppo.max_new_tokens + ppo.epochs  # sampling steps and minibatches
+    assert report.accepted  # what the round computes is unchanged by the calls

@@ -437,11 +437,12 @@ def test_one_message_at_a_time_and_leaving_a_conversation_cancels_its_reply(
     app = build_app(users, FAST)
     fns = {fn.api_name: (index, fn) for index, fn in app.fns.items()}
     chat_index, chat = fns["chat"]
+    edit_index, _ = fns["edit"]
     assert chat.trigger_mode == "once" and fns["compare"][1].trigger_mode == "once"
     for leaving in ("open_conversation", "new_conversation"):
         targets = fns[leaving][1].targets
         cancelling = [fn for fn in app.fns.values() if fn.targets == targets and fn.cancels]
-        assert [fn.cancels for fn in cancelling] == [[chat_index]], leaving
+        assert [fn.cancels for fn in cancelling] == [[chat_index, edit_index]], leaving
 
 
 def test_a_thumb_counts_though_the_browser_drops_tabs_newlines_and_control_characters(
