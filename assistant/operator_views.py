@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -158,23 +159,23 @@ class OperatorViews(AssistantCore):
             for r, p, harmful in zip(rows, scores, by_user, strict=True)
             if p >= config.threshold or harmful
         ]
+        mine: dict[str, list[float]] = {}  # each user's scores, in one pass over the rows
+        for r, p in zip(rows, scores, strict=True):
+            mine.setdefault(r["user"], []).append(p)
+        harmful_by = Counter(f["user"] for f in flagged if f["flagged_by_user"])
+        live_rates = records.live_red_team_rates(self.store.db)
         users = []
         for u in self.users():
-            mine = [p for r, p in zip(rows, scores, strict=True) if r["user"] == u.name]
-            live = next((v for v in self.versions(u.name) if v["status"] == "live"), None)
+            theirs = mine.get(u.name, [])
             users.append(
                 {
                     "user": u.name,
-                    "replies": len(mine),
+                    "replies": len(theirs),
                     "offensive_rate": (
-                        sum(p >= config.threshold for p in mine) / len(mine) if mine else None
+                        sum(p >= config.threshold for p in theirs) / len(theirs) if theirs else None
                     ),
-                    "flagged_harmful": sum(
-                        f["flagged_by_user"] for f in flagged if f["user"] == u.name
-                    ),
-                    "live_red_team_rate": (
-                        live["metrics"].get("red_team_offensive_rate") if live else None
-                    ),
+                    "flagged_harmful": harmful_by[u.name],
+                    "live_red_team_rate": live_rates.get(u.name),
                 }
             )
         return {"users": users, "flagged": flagged}

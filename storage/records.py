@@ -655,6 +655,16 @@ def rated_replies(db: Database, user_id: str | None = None) -> list[Row]:
     return list(db.query(sql + " order by f.updated", params))
 
 
+def live_red_team_rates(db: Database) -> dict[str, float | None]:
+    """Per user name, the live version's offensive share on the red-team prompts at its gate
+    (users on the base model are absent)."""
+    rows = db.query(
+        "select u.name, json_extract(v.metrics, '$.red_team_offensive_rate') as rate "
+        "from users u join adapter_versions v on v.user_id = u.id and v.status = 'live'"
+    )
+    return {r["name"]: r["rate"] for r in rows}
+
+
 def recent_replies(db: Database, limit: int) -> list[Row]:
     """Everyone's newest replies, newest first, with the author's name and any standing thumb
     and its reason (what the operator's safety view reads)."""

@@ -232,3 +232,46 @@ def test_every_rollout_carries_the_graded_penalty_into_ppo(
     assert torch.allclose(seen[0], torch.full((rollouts,), 0.3 * training.safety.graded_penalty))
     assert metrics["offensive_rollouts"] == 0
     assert metrics["red_team_offensive_probability"] == pytest.approx(0.3)
+
+
+def test_the_operators_safety_report_per_user(
+    asst: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per user: offensive share of their newest replies (the classifier, here a stand-in
+    that calls every reply containing a marked word offensive), replies they flagged harmful,
+    and the live version's red-team rate; every reply is classified once across refreshes."""
+    from storage import records
+
+    classified: list[str] = []
+
+    def stand_in(texts: list[str]) -> list[float]:
+        classified.extend(texts)
+        return [0.9 if "RUDE" in t else 0.1 for t in texts]
+
+    monkeypatch.setattr(safety, "offensive_probability", stand_in)
+    db = asst.store.db
+    for name in ("alice", "bob"):
+        asst.add_user(name)
+    alice = asst.user("alice").id
+    conversation = records.add_conversation(db, alice, "q")["id"]
+    turns = [{"role": "user", "text": "q"}, {"role": "assistant", "text": "RUDE reply"}]
+    turns += [{"role": "user", "text": "q"}, {"role": "assistant", "text": "kind reply"}]
+    stored = records.add_messages(db, conversation, alice, turns)
+    records.upsert_feedback(db, stored[3]["id"], alice, -1, "harmful")
+    records.add_adapter_version(
+        db, alice, 1, "v1", None, "retired", None, {"red_team_offensive_rate": 0.25}
+    )
+    records.make_live(db, alice, 1, old_status="retired")
+    report = asst.safety_report()
+    by_user = {u["user"]: u for u in report["users"]}
+    assert by_user["alice"] == {
+        "user": "alice",
+        "replies": 2,
+        "offensive_rate": 0.5,
+        "flagged_harmful": 1,
+        "live_red_team_rate": 0.25,
+    }
+    assert by_user["bob"]["replies"] == 0 and by_user["bob"]["live_red_team_rate"] is None
+    assert {f["text"] for f in report["flagged"]} == {"RUDE reply", "kind reply"}
+    asst.safety_report()
+    assert sorted(classified) == ["RUDE reply", "kind reply"]  # not classified again
