@@ -93,8 +93,8 @@ class AssistantCore:
         adapter_files.remove_partial_writes(config.adapters_dir)
         records.fail_interrupted_runs(self.store.db)
         self.sign_ins = SignInLimiter(config.sign_in)
-        # operator views reuse work between refreshes: (key) -> (when, rows); message -> score
-        self._overview_cache: dict[tuple[Any, ...], tuple[float, list[records.Row]]] = {}
+        # operator views reuse work between refreshes: (when, every user's row); message -> score
+        self._overview_cache: tuple[float, list[records.Row]] | None = None
         self._offensive_scores: dict[str, float] = {}
         self._loaded = loaded
         self._adapters: AdapterRegistry | None = None

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,34 @@ def _filter_text(text: Any, what: str) -> str:
     return clean_text(text, what, MAX_FILTER_CHARS)
 
 
+def _share_up_change(row: dict[str, Any]) -> float | None:
+    live, before = row["share_up_live"], row["share_up_before"]
+    return None if live is None or before is None else live - before
+
+
+def _column(name: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row[name]
+
+
+# what the operator's table sorts by -> the value of a row
+OVERVIEW_SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    name: _column(name)
+    for name in (
+        "user",
+        "live_version",
+        "live_since",
+        "last_round",
+        "last_outcome",
+        "kl",
+        "head_accuracy",
+        "share_up_live",
+        "clicks_waiting",
+        "flagged",
+        "refused_recently",
+    )
+} | {"share_up_change": _share_up_change}
+
+
 def _paged(rows: list[Any], total: int, page: int, size: int) -> dict[str, Any]:
     return {"rows": rows, "total": total, "page": page, "pages": max(1, math.ceil(total / size))}
 
@@ -49,23 +78,20 @@ class OperatorViews(AssistantCore):
 
         return (self._training_config or TrainingConfig()).gate.kl_budget
 
-    def _overview(self, sort: str, descending: bool, name_contains: str) -> list[records.Row]:
-        """Every matching user's overview row, sorted, each with its alerts; one computation
-        is reused for `OperatorConfig.cache_seconds` (a 5 s refresh of thousands of users
-        does not read every click each time)."""
-        key = (sort, descending, name_contains)
+    def _overview(self) -> list[records.Row]:
+        """Every user's overview row, by name, each with its alerts: one computation reused
+        for `OperatorConfig.cache_seconds`, whatever the table is sorted or filtered by (a 5 s
+        refresh of thousands of users does not read every click each time)."""
         now = time.monotonic()
-        cached = self._overview_cache.get(key)
+        cached = self._overview_cache
         if cached is not None and now - cached[0] < self.config.operator.cache_seconds:
             return cached[1]
-        rows, _ = overview.user_overview(
-            self.store.db, HARMFUL_REASON, sort, descending, None, 0, name_contains
-        )
         budget, alert_config = self._kl_budget(), self.config.operator.alerts
-        rows = [{**r, "alerts": alerts_for(r, budget, alert_config)} for r in rows]
-        self._overview_cache = {
-            k: v for k, v in self._overview_cache.items() if now - v[0] < 60
-        } | {key: (now, rows)}
+        rows = [
+            {**r, "alerts": alerts_for(r, budget, alert_config)}
+            for r in overview.user_overview(self.store.db, HARMFUL_REASON)
+        ]
+        self._overview_cache = (now, rows)
         return rows
 
     def users_overview(
@@ -75,34 +101,30 @@ class OperatorViews(AssistantCore):
         made, the latest round's outcome, reason, KL and reward-head accuracy, the thumbs-up
         share on the live version's replies and on its parent's, clicks waiting for the next
         round, replies the user flagged harmful, and the alerts each raises
-        (`assistant.alerts`). `sort`: a key of `storage.overview.OVERVIEW_SORTS`.
-        Returns {"rows", "total", "page", "pages"}."""
-        if sort not in overview.OVERVIEW_SORTS:
-            raise InvalidInput(
-                f"sort must be one of {', '.join(overview.OVERVIEW_SORTS)}, not {sort!r}"
-            )
+        (`assistant.alerts`). `sort`: a key of OVERVIEW_SORTS (ties by name, missing values
+        last). Returns {"rows", "total", "page", "pages"}."""
+        if sort not in OVERVIEW_SORTS:
+            raise InvalidInput(f"sort must be one of {', '.join(OVERVIEW_SORTS)}, not {sort!r}")
         if type(descending) is not bool:
             raise InvalidInput(f"descending must be true or false, not {descending!r}")
         page = _page_number(page)
-        rows = self._overview(sort, descending, _filter_text(name_contains, "name filter"))
+        words = _filter_text(name_contains, "name filter")
+        rows = [r for r in self._overview() if words.lower() in r["user"].lower()]
+        key = OVERVIEW_SORTS[sort]
+        present = [r for r in rows if key(r) is not None]
+        present.sort(key=key, reverse=descending)  # stable: ties stay by name
+        rows = present + [r for r in rows if key(r) is None]
         size = self.config.operator.page_size
         return _paged(rows[(page - 1) * size : page * size], len(rows), page, size)
 
     def alerts(self) -> list[dict[str, str]]:
         """Every user's alerts, one row each: {"user", "alert"}, users by name."""
-        return [
-            {"user": r["user"], "alert": a}
-            for r in self._overview("user", False, "")
-            for a in r["alerts"]
-        ]
+        return [{"user": r["user"], "alert": a} for r in self._overview() for a in r["alerts"]]
 
     def _round_finished(self, user_id: str) -> None:
         """After a round: its user's alerts go to the server log (as the dashboard shows them)."""
         try:
-            rows, _ = overview.user_overview(
-                self.store.db, HARMFUL_REASON, limit=None, user_id=user_id
-            )
-            for row in rows:
+            for row in overview.user_overview(self.store.db, HARMFUL_REASON, user_id):
                 for alert in alerts_for(row, self._kl_budget(), self.config.operator.alerts):
                     log.warning("alert for user %s: %s", row["user"], alert)
         except Exception:  # the round is done and recorded; a failed alert must not undo it

@@ -1,7 +1,8 @@
 """Every user at a glance, for operators: one row per user from indexed per-user lookups
 (the latest run through `training_runs(user_id, started)`, the live version through
-`adapter_versions(user_id, version)`, clicks through `feedback(user_id, updated)`), sorted and
-paged in SQL. Nothing here classifies text: flagged replies are the ones users flagged.
+`adapter_versions(user_id, version)`, clicks through `feedback(user_id, updated)`); the facade
+sorts, filters and pages the rows it keeps for a few seconds. Nothing here classifies text:
+flagged replies are the ones users flagged.
 
 Also the feedback browser's query: every thumb with its reason, reply, version and
 conversation, filtered and paged.
@@ -15,21 +16,6 @@ from sqlite_utils import Database
 
 from storage.records import TEACHING_PAIRS, TEACHING_THUMBS, Row
 
-# sortable columns: what the operator's table sorts by -> the SQL expression
-OVERVIEW_SORTS = {
-    "user": "user",
-    "live_version": "live_version",
-    "live_since": "live_since",
-    "last_round": "last_round",
-    "last_outcome": "last_outcome",
-    "kl": "kl",
-    "head_accuracy": "head_accuracy",
-    "share_up_live": "share_up_live",
-    "share_up_change": "share_up_live - share_up_before",
-    "clicks_waiting": "clicks_waiting",
-    "flagged": "flagged",
-    "refused_recently": "refused_recently",
-}
 RECENT_RUNS = 3  # "refused_recently": refused or failed among the last three measured rounds
 
 # thumbs per user and version that wrote the reply, once over the whole table
@@ -80,57 +66,27 @@ select * from (
     and outcome in ('accepted', 'rejected', 'failed') order by started desc limit 1)
   left join training_runs latest on latest.id = (  -- what the scheduler counts clicks from
     select id from training_runs where user_id = u.id order by started desc limit 1)
-  where u.name like :name escape '\\' and (:user_id is null or u.id = :user_id)
+  where :user_id is null or u.id = :user_id
 )
 """
+
+
+def user_overview(db: Database, harmful_reason: str, user_id: str | None = None) -> list[Row]:
+    """Every user's row (`user_id`: that user's only), by name: the live version and when it
+    was made; the latest round that measured a candidate (outcome, reason, KL, head accuracy;
+    skipped rounds measure nothing); the share of thumbs up on replies of the live version
+    and of its parent; the red-team offensive rate of both (the base's, from the live
+    version's own gate, when the parent is the base); clicks since the latest round started
+    (as the scheduler counts them); replies flagged harmful; and how many of the last three
+    measured rounds were refused or failed."""
+    params = {"harmful": harmful_reason, "user_id": user_id}
+    return list(db.query(f"{_OVERVIEW} order by user", params))
 
 
 def _like(text: str) -> str:
     """A LIKE pattern that finds `text` anywhere, its own % and _ taken literally."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
-
-
-def user_overview(
-    db: Database,
-    harmful_reason: str,
-    sort: str = "user",
-    descending: bool = False,
-    limit: int | None = 50,
-    offset: int = 0,
-    name_contains: str = "",
-    user_id: str | None = None,
-) -> tuple[list[Row], int]:
-    """(one page of rows, how many users match): per user, the live version and when it was
-    made; the latest round that measured a candidate (outcome, reason, KL, head accuracy;
-    skipped rounds measure nothing); the share of thumbs up on replies of the live version
-    and of its parent; the red-team offensive rate of both (the base's, from the live
-    version's own gate, when the parent is the base); clicks since the latest round started
-    (as the scheduler counts them); replies flagged harmful; and how many of the last three
-    measured rounds were refused or failed. `sort` is a key of OVERVIEW_SORTS (ties by name;
-    missing values last); limit=None returns every row; `user_id` keeps that user's row."""
-    order = OVERVIEW_SORTS[sort]
-    direction = "desc" if descending else "asc"
-    params: dict[str, Any] = {
-        "harmful": harmful_reason,
-        "name": _like(name_contains),
-        "user_id": user_id,
-    }
-    page = f" limit {int(limit)} offset {int(offset)}" if limit is not None else ""
-    rows = list(
-        db.query(f"{_OVERVIEW} order by {order} is null, {order} {direction}, user{page}", params)
-    )
-    total = next(
-        db.query(
-            "select count(*) as n from users u where u.name like :name escape '\\' "
-            "and (:user_id is null or u.id = :user_id)",
-            {"name": params["name"], "user_id": user_id},
-        )
-    )["n"]
-    return rows, total
-
-
-FEEDBACK_FILTERS = ("user", "thumb", "reason", "version")
 
 
 def feedback_rows(
