@@ -86,7 +86,12 @@ def signed_in(request: gr.Request | None) -> str:
     return name
 
 
-def is_operator(asst: Assistant, name: str) -> bool:
+def is_operator(asst: Assistant, request: gr.Request | None) -> bool:
+    """Whether the request comes from a signed-in operator (no error either way: page loads
+    use it to show or skip the Operator tab)."""
+    name = getattr(request, "username", None)
+    if not isinstance(name, str) or not name:
+        return False
     try:
         return asst.user(name).is_operator
     except UnknownUser:
@@ -96,6 +101,6 @@ def is_operator(asst: Assistant, name: str) -> bool:
 def operator(asst: Assistant, request: gr.Request | None) -> str:
     """The signed-in operator's name; checked on every operator call, server-side."""
     name = signed_in(request)
-    if not is_operator(asst, name):
+    if not is_operator(asst, request):
         raise gr.Error(NOT_OPERATOR, print_exception=False)
     return name

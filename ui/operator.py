@@ -130,8 +130,7 @@ class Operator:
     def start(self, request: gr.Request) -> tuple[gr.Tab, gr.Timer]:
         """On page load: show the tab and start its refresh timer for operators only."""
         with readable_errors():
-            name = getattr(request, "username", None)
-            allowed = isinstance(name, str) and is_operator(self.asst, name)
+            allowed = is_operator(self.asst, request)
             return gr.Tab(visible=allowed), gr.Timer(active=allowed)
 
     def _pick(self, picked: str | None) -> str:
@@ -164,8 +163,7 @@ class Operator:
 
     def first_view(self, picked: str | None, request: gr.Request) -> tuple[Any, ...]:
         """The dashboard on page load for operators; nothing (and no error) for others."""
-        name = getattr(request, "username", None)
-        if not (isinstance(name, str) and is_operator(self.asst, name)):
+        if not is_operator(self.asst, request):
             return (gr.skip(),) * DASHBOARD_OUTPUTS
         return self.dashboard(picked, request)
 

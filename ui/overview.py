@@ -142,6 +142,14 @@ def message_line(message: dict[str, Any]) -> str:
     return f"**{who}**{thumb}: {message['text']}"
 
 
+def clicked_row(event: gr.SelectData, rows_on_page: int) -> int:
+    """The row a table click names, if it is still on the page shown."""
+    row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+    if not isinstance(row, int) or not 0 <= row < rows_on_page:
+        raise gr.Error("That row is not on this page any more.", print_exception=False)
+    return row
+
+
 class Overview:
     def __init__(self, asst: Assistant):
         self.asst = asst
@@ -180,8 +188,7 @@ class Overview:
         request: gr.Request,
     ) -> tuple[Any, ...]:
         """The table on page load for operators; nothing (and no error) for others."""
-        name = getattr(request, "username", None)
-        if not (isinstance(name, str) and is_operator(self.asst, name)):
+        if not is_operator(self.asst, request):
             return (gr.skip(),) * 4
         return self.table(sort, descending, page, name_contains, request)
 
@@ -189,10 +196,7 @@ class Overview:
         """A click on a row of the all-users table picks that user for the dashboard."""
         with readable_errors():
             operator(self.asst, request)
-            row = event.index[0] if isinstance(event.index, list | tuple) else event.index
-            if not isinstance(row, int) or not 0 <= row < len(names or []):
-                raise gr.Error("That row is not on this page any more.", print_exception=False)
-            return names[row]
+            return names[clicked_row(event, len(names or []))]
 
     def feedback(
         self,
@@ -224,10 +228,7 @@ class Overview:
         """The conversation of the clicked feedback row, as stored, with each reply's thumb."""
         with readable_errors():
             operator(self.asst, request)
-            row = event.index[0] if isinstance(event.index, list | tuple) else event.index
-            if not isinstance(row, int) or not 0 <= row < len(links or []):
-                raise gr.Error("That row is not on this page any more.", print_exception=False)
-            link = links[row]
+            link = links[clicked_row(event, len(links or []))]
             messages = self.asst.messages(link["user"], link["conversation_id"])
         lines = [message_line(m) for m in messages]
         return f"Conversation of **{link['user']}**\n\n" + "\n\n".join(lines)
