@@ -88,11 +88,11 @@ def _cut(text: str | None) -> str:
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
 
 
-def learned(asst: Assistant, user: str, live: int) -> list[str]:
+def learned(adopted: list[dict[str, Any]], live: int) -> list[str]:
     """ "What it learned": the live version against the base model, then each step (the
     live version and each version it grew from, against the one before), then the live
     version's before / after example."""
-    changes = {c["version"]: c for c in asst.what_changed(user)}
+    changes = {c["version"]: c for c in adopted}
     lines, version, newest = [], live, changes.get(live)
     if newest is not None and newest["compared_with"]:  # else the first step says it
         said = "; ".join(newest["against_base"]) or "no measurable change in length, format or tone"
@@ -116,8 +116,8 @@ def learned(asst: Assistant, user: str, live: int) -> list[str]:
     return lines
 
 
-def nothing_learned(asst: Assistant, user: str, live: int) -> str:
-    if live == 0 and asst.what_changed(user):
+def nothing_learned(adopted: list[dict[str, Any]], live: int) -> str:
+    if live == 0 and adopted:
         return "- the base model answers now: what it learned is not in use (undo or reset)"
     return "- nothing yet: no version adopted"
 
@@ -134,6 +134,7 @@ def describe(asst: Assistant, user: str) -> str:
     version = live_version(asst.versions(user))
     counts = asst.feedback_counts(user)
     runs = asst.trends(user)
+    adopted = asst.what_changed(user)  # what each adopted version changed, newest first
     training = (
         TRAINING_WORDS.get(asst.training_state(user), "unknown")
         if asst.background
@@ -157,7 +158,7 @@ def describe(asst: Assistant, user: str) -> str:
             f"**Training:** {training}",
             "",
             "**What it learned** (measured on your questions, never the model's own words):",
-            *(learned(asst, user, version) or [nothing_learned(asst, user, version)]),
+            *(learned(adopted, version) or [nothing_learned(adopted, version)]),
             "",
             f"**Your reasons:** {reasons(asst, user)}",
             "",
