@@ -127,5 +127,6 @@ def test_a_later_version_is_also_measured_against_the_base(
     assert base_means == pytest.approx(measure(sampled[0]))
     assert len(sampled[0]) == min(newest["pairs"], accepting.trainer.config.gate.text_pairs)
     (shown,) = [c for c in accepting.what_changed("alice") if c["version"] == second.version]
-    assert isinstance(shown["against_base"], list)
+    candidate_means = {name: pair[1] for name, pair in newest["base_traits"].items()}
+    assert shown["against_base"] == describe(measure(sampled[0]), candidate_means)
     assert "**against the base model:**" in describe_panel(accepting, "alice")

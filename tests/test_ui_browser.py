@@ -103,6 +103,17 @@ def sign_in(browser, url: str, name: str):
     return page
 
 
+def download(page, button: str, file_box: str, to: Path) -> Path:
+    """Click `button`, then the link the file box offers; the downloaded file, saved `to`."""
+    page.get_by_role("button", name=button).click()
+    link = page.locator(f"{file_box} a[download]").first
+    link.wait_for()
+    with page.expect_download() as started:
+        link.click()
+    started.value.save_as(to)
+    return to
+
+
 class Screenshots:
     """One screenshot per step, taken when the step ends, also when it fails: the picture of
     a failing step is the one that explains it."""
@@ -255,13 +266,7 @@ def test_sign_in_chat_thumbs_choice_and_operator_plot(
         cell.click()  # its conversation, below
         page.locator("#feedback-conversation").get_by_text("Hello from a real browser").wait_for()
         page.locator("#feedback-conversation").get_by_text("(thumbs down)").wait_for()
-        page.get_by_role("button", name="Export feedback").click()
-        link = page.locator("#feedback-export a[download]").first
-        link.wait_for()
-        with page.expect_download() as download:
-            link.click()
-        saved = tmp_path / "feedback.zip"
-        download.value.save_as(saved)
+        saved = download(page, "Export feedback", "#feedback-export", tmp_path / "feedback.zip")
         with zipfile.ZipFile(saved) as archive:
             assert sorted(archive.namelist()) == ["preference.jsonl", "unpaired.jsonl"]
             assert b"Hello from a real browser" in archive.read("unpaired.jsonl")
@@ -362,13 +367,7 @@ def test_the_users_controls_in_a_real_browser(
         page.locator("#assistant-panel").get_by_text("nothing learned yet").wait_for()
 
     with shots.step("4-download-my-data"):
-        page.get_by_role("button", name="Download my data").click()
-        link = page.locator("#my-data a[download]").first
-        link.wait_for()
-        with page.expect_download() as download:
-            link.click()
-        saved = tmp_path / "my-data.json"
-        download.value.save_as(saved)
+        saved = download(page, "Download my data", "#my-data", tmp_path / "my-data.json")
         data = json.loads(saved.read_text())
         assert data["user"]["name"] == "alice" and data["conversations"][0]["learn"] is False
     page.close()
