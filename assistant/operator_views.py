@@ -9,12 +9,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant.alerts import alerts_for
 from assistant.config import HARMFUL_REASON
 from assistant.core import AssistantCore, clean_text
 from assistant.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from online_rl.config import TrainingConfig
 from storage import export as feedback_export
 from storage import overview, records
 
@@ -73,10 +76,14 @@ def _paged(rows: list[Any], total: int, page: int, size: int) -> dict[str, Any]:
 class OperatorViews(AssistantCore):
     """The `Assistant`'s methods for operators."""
 
-    def _kl_budget(self) -> float:
+    def _training_settings(self) -> TrainingConfig:
+        """The settings rounds use, read without making the trainer (which loads a model)."""
         from online_rl.config import TrainingConfig
 
-        return (self._training_config or TrainingConfig()).gate.kl_budget
+        return self._training_config or TrainingConfig()
+
+    def _kl_budget(self) -> float:
+        return self._training_settings().gate.kl_budget
 
     def _overview(self) -> list[records.Row]:
         """Every user's overview row, by name, each with its alerts: one computation reused
@@ -165,7 +172,7 @@ class OperatorViews(AssistantCore):
         and the live version's offensive rate on the red-team prompts at its gate; and the
         flagged replies themselves (by the classifier or by their user), newest first."""
 
-        config = self.trainer.config.safety
+        config = self._training_settings().safety
         rows = records.recent_replies(self.store.db, replies)
         scores = self._offensive_probabilities(rows)
         by_user = [r["reason"] == HARMFUL_REASON and r["thumb"] == -1 for r in rows]
