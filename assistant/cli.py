@@ -65,6 +65,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
     loaded = asst.base
     seconds = time.perf_counter() - started
     precision = "4bit" if loaded.quantized else "full precision"
+    if loaded.serving_weights:
+        kinds = ", ".join(f"{n} {k}" for k, n in loaded.serving_weights.items())
+        precision = f"trains in full precision, serves from {kinds} layers"
     print(f"model ready in {seconds:.1f} s: {loaded.source} on {loaded.device} ({precision})")
     return 0
 
@@ -335,9 +338,12 @@ def parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--quantize",
-        choices=["auto", "none", "4bit"],
+        choices=["auto", "none", "4bit", "int8", "int4"],
         default="auto",
-        help="4bit = bitsandbytes NF4 base; auto = 4bit on CUDA, fp32 on CPU",
+        help="4bit = bitsandbytes NF4 base (serving and training); int8 / int4 = weight-only "
+        "integer weights for serving on a CPU, training in fp32; none = fp32 everywhere; "
+        "auto = 4bit on CUDA, on a CPU int4 where a layer is already on the int4 grid (a Q4 "
+        "GGUF) and int8 elsewhere",
     )
     common.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     common.add_argument(

