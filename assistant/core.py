@@ -31,6 +31,7 @@ from assistant.errors import (
     UnknownUser,
 )
 from assistant.sign_in import SignInLimiter
+from assistant.threads import in_fresh_thread
 from storage import adapters as adapter_files
 from storage import records
 from storage.db import Store
@@ -107,8 +108,10 @@ class AssistantCore:
     @property
     def base(self) -> base_model.LoadedModel:
         with self._load_lock:
-            if self._loaded is None:
-                self._loaded = base_model.load(self.config.model, self.config.model_cache_dir)
+            if self._loaded is None:  # in a thread of its own: see assistant.threads
+                self._loaded = in_fresh_thread(
+                    base_model.load, self.config.model, self.config.model_cache_dir
+                )
             return self._loaded
 
     @property
@@ -188,7 +191,8 @@ class AssistantCore:
             sign_in=sign_in or SignInConfig(),
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        loaded = base_model.load(config.model, config.model_cache_dir)
+        # in a thread of its own, which takes its OpenMP team along: assistant.threads
+        loaded = in_fresh_thread(base_model.load, config.model, config.model_cache_dir)
         assistant = cls(config, loaded, training)
         if background:
             assistant.start_background(scheduler)
@@ -214,8 +218,8 @@ class AssistantCore:
 
     def _run_round(self, user_id: str) -> TrainReport:
         """One round for the user (the trainer is made on first use), then what follows it."""
-        try:
-            return self.trainer.run(user_id)
+        try:  # in a thread of its own, which takes its OpenMP team along: assistant.threads
+            return in_fresh_thread(lambda: self.trainer.run(user_id))
         finally:  # a round that failed is what the alerts are most about
             self._round_finished(user_id)
 

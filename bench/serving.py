@@ -31,6 +31,7 @@ import torch
 
 from assistant import Assistant
 from assistant.model import gguf_file
+from assistant.threads import in_fresh_thread
 from bench import report
 from bench.fresh import open_fresh
 from online_rl.policy import LoraSettings
@@ -80,7 +81,12 @@ class Run:
 
 def publish_random_adapter(asst: Assistant, user: str, s: ServingSettings, seed: int) -> None:
     """A real adapter version (attune's LoRA shape) as the user's live one, as a round writes
-    it, with random weights: serving cost does not depend on what an adapter learned."""
+    it, with random weights: serving cost does not depend on what an adapter learned. Made in
+    a thread of its own, as the app does its torch work outside decoding (assistant.threads)."""
+    in_fresh_thread(_publish_random_adapter, asst, user, s, seed)
+
+
+def _publish_random_adapter(asst: Assistant, user: str, s: ServingSettings, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
