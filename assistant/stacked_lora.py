@@ -43,7 +43,10 @@ def _factors(layer: Any, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
     return a.t(), b.t() * layer.scaling[name]
 
 
-def _stack(layer: Any, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+Stacked = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # A, B, each row's column mask
+
+
+def _stack(layer: Any, names: Sequence[str]) -> Stacked | None:
     """Per-row factors, zero-padded to the largest rank (zeros for base rows); None when no
     row uses an adapter here."""
     factors = [_factors(layer, n) for n in names]
@@ -61,14 +64,14 @@ def _stack(layer: Any, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor
             b[: f[1].shape[0]] = f[1]
         a_rows.append(a)
         b_rows.append(b)
-    return torch.stack(a_rows), torch.stack(b_rows)
+    return torch.stack(a_rows), torch.stack(b_rows), None
 
 
-def _side_by_side(
-    layer: Any, names: Sequence[str]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def _side_by_side(layer: Any, names: Sequence[str]) -> Stacked | None:
     """The batch's distinct adapters' factors side by side, A: (in, K r) and B: (K r, out),
-    and each row's 0/1 column mask (rows, 1, K r); None when no row uses an adapter here."""
+    and each row's 0/1 column mask (rows, 1, K r), or no mask when every row uses all the
+    columns (one adapter for the whole batch: a single stream); None when no row uses an
+    adapter here."""
     present = [(n, f) for n in dict.fromkeys(names) if (f := _factors(layer, n)) is not None]
     if not present:
         return None
@@ -80,7 +83,7 @@ def _side_by_side(
         rows = [i for i, n in enumerate(names) if n == name]
         mask[rows, :, start : start + a_n.shape[1]] = 1.0
         start += a_n.shape[1]
-    return a, b, mask
+    return a, b, None if bool(mask.all()) else mask
 
 
 class StackedLora:
@@ -93,7 +96,7 @@ class StackedLora:
     def __init__(self, peft_model: Any):
         self.model = peft_model
         self._names: list[str] | None = None
-        self._stacks: dict[nn.Module, tuple[torch.Tensor, ...]] = {}
+        self._stacks: dict[nn.Module, Stacked] = {}
         self._hooked: dict[nn.Module, Any] = {}
 
     def refresh(self) -> None:
@@ -130,8 +133,11 @@ class StackedLora:
         stacked = self._stacks.get(module)
         if stacked is None:
             return output
-        a, b, *mask = stacked
+        a, b, mask = stacked
         x = inputs[0].to(a.dtype)  # (rows, seq, in)
-        # side by side: x @ A, each row's own columns, @ B; else per row, batched matmuls
-        delta = (x @ a) * mask[0] @ b if mask else torch.bmm(torch.bmm(x, a), b)
+        if a.dim() == 3:  # per row: batched matmuls
+            delta = torch.bmm(torch.bmm(x, a), b)
+        else:  # side by side: x @ A, each row's own columns, @ B
+            low_rank = x @ a
+            delta = (low_rank if mask is None else low_rank * mask) @ b
         return output + delta.to(output.dtype)

@@ -89,36 +89,51 @@ def test_joined_and_merged_caches_give_the_same_next_token_as_separate_ones(
         assert both_cache.layers[0].keys.shape[2] == len(a) + 1
 
 
-@pytest.mark.parametrize("shared_adapters", [2, 0])
+@pytest.mark.parametrize(
+    "shared_adapters, rows",
+    [
+        (2, ["alice", "bob", "alice", None]),
+        (0, ["alice", "bob", "alice", None]),
+        (2, ["alice"] * 2),
+    ],
+)
 def test_stacked_lora_matches_peft_mixed_batch(
     asst: Assistant,
     alice: str,
     bob: str,
     tiny_model_dir: Path,
     shared_adapters: int,
+    rows: list[str | None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The batched-matmul LoRA gives what peft's own per-row routing gives, with the two
-    adapters' factors side by side (the default for two) and copied per row."""
+    adapters' factors side by side (the default for two), copied per row, and one adapter
+    for every row (a single user's stream: no column mask)."""
     monkeypatch.setattr("assistant.stacked_lora.SHARED_ADAPTERS", shared_adapters)
     publish_adapter(asst, tiny_model_dir, alice, 1, seed=1)
     publish_adapter(asst, tiny_model_dir, bob, 1, seed=2)
-    ids = [asst.user(n).id for n in ("alice", "bob", "alice")] + ["nobody"]
+    ids = [asst.user(n).id if n else "nobody" for n in rows]
     prompt = prompt_ids(asst, "what is new")
-    x = torch.tensor([prompt] * 4, device=asst.base.device)
+    x = torch.tensor([prompt] * len(rows), device=asst.base.device)
     inputs = {"input_ids": x, "attention_mask": torch.ones_like(x)}
     with asst.adapters.lease(ids) as binding, torch.no_grad():
         names = binding.adapter_names
-        assert names[3] == "__base__" and names[0] == names[2] != names[1]
         stacked = asst.batcher._forward(names, **inputs).logits
+        if shared_adapters:  # side by side: a column mask unless one adapter has every row
+            masks = [m for *_, m in asst.batcher._lora._stacks.values()]
+            assert all(m is None for m in masks) == (len(set(rows)) == 1)
         peft = asst.adapters.peft
-        asst.batcher._lora.use(["__base__"] * 4)  # our hooks add nothing now ...
+        asst.batcher._lora.use(["__base__"] * len(rows))  # our hooks add nothing now ...
         peft.base_model.enable_adapter_layers()  # ... and peft's own path runs, to compare
         routed = peft(**inputs, adapter_names=names, logits_to_keep=1).logits
+        bare = peft(**inputs, adapter_names=["__base__"] * len(rows), logits_to_keep=1).logits
         asst.batcher._lora.refresh()
     torch.testing.assert_close(stacked, routed, atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(stacked[0], stacked[1])  # the adapters do differ
-    assert not torch.allclose(stacked[0], stacked[3])
+    assert not torch.allclose(stacked[0], bare[0])  # the adapter does change the output
+    if len(set(rows)) > 1:
+        assert names[3] == "__base__" and names[0] == names[2] != names[1]
+        assert not torch.allclose(stacked[0], stacked[1])  # the adapters do differ
+        torch.testing.assert_close(stacked[3], bare[3], atol=1e-4, rtol=1e-4)
 
 
 def test_concurrent_users_share_steps_and_each_gets_the_text_it_gets_alone(

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from assistant import Assistant, InvalidInput
+from assistant import Assistant, InvalidInput, generation
 from assistant.config import GenerationConfig
 from assistant.generation import (
     ZERO_WIDTH_SPACE,
@@ -93,6 +93,30 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
     assert torch.allclose(kept, torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
     assert torch.equal(_top_p_filter(probs.clone(), 1.0), probs)
     assert _top_p_filter(probs.clone(), 0.01)[0, 0] == 1.0
+
+
+def full_sort_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The nucleus by sorting the whole vocabulary: what the top-k shortcut must equal."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    sorted_probs[sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p] = 0.0
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 3.0])
+def test_top_p_from_the_likeliest_tokens_equals_sorting_everything(temperature: float) -> None:
+    """Peaked rows (nucleus within the top-k) and flat ones (it is not: the fallback sorts
+    all): the same nucleus, bit for bit, so seeded draws do not change."""
+    g = torch.Generator().manual_seed(0)
+    vocab = 3 * generation.TOP_P_CANDIDATES
+    logits = torch.randn(6, vocab, generator=g) * torch.tensor(
+        [[8.0], [6.0], [4.0], [1.0], [0.1], [0.0]]
+    )
+    probs = torch.softmax(logits / temperature, dim=-1)
+    topk_mass = probs.topk(generation.TOP_P_CANDIDATES, dim=-1).values.sum(-1)
+    assert (topk_mass >= 0.95).any() and (topk_mass < 0.95).any()  # both paths are taken
+    for rows in [probs[i : i + 1] for i in range(len(probs))] + [probs[:3], probs]:
+        assert torch.equal(_top_p_filter(rows.clone(), 0.95), full_sort_top_p(rows.clone(), 0.95))
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])
