@@ -8,7 +8,9 @@ take a fraction of a second instead of a conversion.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import os
 import shutil
 import subprocess
@@ -295,4 +297,12 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     bits = serving_bits(config, device)
     if bits is not None:
         loaded.serving_weights = quantize_linears(model, bits)
+        return_freed_memory()  # the quantisation's float temporaries
     return loaded
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap back to the system (glibc's malloc_trim). Large temporaries freed by
+    one thread otherwise stay in its malloc arena, counted in the process's RSS for good."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -59,3 +59,26 @@ def test_real_tokenizer_cannot_be_injected(real: Assistant) -> None:
     ids = prompt_token_ids(tokenizer, [{"role": "user", "content": attack}], None, 2048)
     start = tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert ids.count(start) == 3  # default system turn, the user turn, the assistant turn
+
+
+def test_the_default_model_is_served_in_int4_close_to_what_training_sees(real: Assistant) -> None:
+    """On a CPU the default model's layers are on the int4 grid of its Q4_1 GGUF: all served
+    as int4 (the tied output layer as int8), within 0.01 nats/token of the fp32 weights that
+    training differentiates through."""
+    import torch
+
+    from assistant import generation
+
+    base = real.base
+    if base.device.type != "cpu":
+        pytest.skip("integer serving layers are for a CPU")
+    assert base.serving_weights == {"Int4Linear": 210, "Int8Linear": 1}
+    ids = generation.prompt_token_ids(
+        base.tokenizer, [{"role": "user", "content": "How do I boil an egg?"}], None, 512
+    )
+    text = torch.tensor([ids + base.tokenizer.encode(" Put the egg in boiling water.")])
+    with torch.inference_mode():
+        served = torch.log_softmax(base.model(input_ids=text).logits[0].float(), -1)
+        trained = torch.log_softmax(base.training_copy()(input_ids=text).logits[0].float(), -1)
+    kl = float((trained.exp() * (trained - served)).sum(-1).mean())
+    assert 0 < kl < 0.01
