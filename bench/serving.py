@@ -10,6 +10,8 @@ Modes, alternated A B C ... per repeat (median of the repeats):
   `assistant.stacked_lora`).
 - N users one at a time: the same, with the batcher limited to one row: each request waits for
   the one before, and each forward runs one user's adapter (switching adapters per request).
+- attune adapter, 1 user, beside an idle torch thread: the adapter mode while another thread
+  that ran a torch kernel stays alive (what `assistant.threads` keeps from happening).
 
 Every reply samples up to `new_tokens` tokens (it may end earlier at EOS; tokens/s counts the
 tokens actually produced). Time to first token is from the call to the first token's arrival.
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -152,6 +155,29 @@ def attune_concurrent(asst: Assistant, users: list[str], max_rows: int, s: Servi
     return Run(sum(r[0] for r in results), end - start, [r[2] - r[1] for r in results])
 
 
+def beside_an_idle_torch_thread(measure: Callable[[], Run]) -> Run:
+    """`measure` while another thread that ran a parallel torch kernel stays alive, idle: as
+    the model-loading thread and the scheduler's pool thread did before `assistant.threads`.
+    Its OpenMP team outlives the kernel; the mode shows what such a team costs decoding."""
+    done = threading.Event()
+    ready = threading.Event()
+
+    def hold() -> None:
+        x = torch.randn(512, 512)
+        _ = x @ x  # a parallel kernel: this thread now has its own OpenMP team
+        ready.set()
+        done.wait()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    ready.wait()
+    try:
+        return measure()
+    finally:
+        done.set()
+        holder.join()
+
+
 def llama_reply(gguf: Path, ids: list[int], seed: int, s: ServingSettings) -> Run:
     """One stream through llama.cpp (`bench.llama_stream`, its own process): the same prompt
     tokens and sampling settings."""
@@ -208,6 +234,9 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             "attune adapter, 1 user": lambda: attune_concurrent(asst, users[:1], 1, s),
             f"attune {n} users batched": lambda: attune_concurrent(asst, users, n, s),
             f"attune {n} users one at a time": lambda: attune_concurrent(asst, users, 1, s),
+            "attune adapter, 1 user, beside an idle torch thread": lambda: (
+                beside_an_idle_torch_thread(lambda: attune_concurrent(asst, users[:1], 1, s))
+            ),
         }
         if gguf is not None:
             modes = {"llama.cpp, 1 stream": lambda: llama_reply(gguf, single_ids, 0, s), **modes}
@@ -249,7 +278,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         "adapter_cost": round(1 - single / base, 3),
     }
     print(f"targets: {targets}")
-    name = "serving" if args.quantize in ("auto", "none") else f"serving-{args.quantize}"
+    name = "serving" if args.quantize == "auto" else f"serving-{args.quantize}"
     command = (
         f"attune bench --quantize {args.quantize} serving --users {s.users} "
         f"--new-tokens {s.new_tokens} --repeats {s.repeats}"
