@@ -1,10 +1,10 @@
 """Weight-only quantised linear layers for the served base on a CPU.
 
 On a CPU one decoded token reads every weight of the model once; in fp32 that is 540 MB for
-SmolLM2-135M, and the matmuls are half of a token's time. Storing the weights as integers and
-multiplying through torch's CPU kernels for bfloat16 activations (`_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`, vectorised for AVX-512/AVX2) cuts that part to a half (int8) or
-a quarter (int4) while activations, norms, attention and each user's LoRA stay as they were.
+SmolLM2-135M, and the matmuls are the largest part of a token's time. Integer weights multiplied
+through torch's CPU kernels for bfloat16 activations (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`, vectorised for AVX-512/AVX2) read a half (int8) or a quarter
+(int4) of the bytes, while activations, norms, attention and each user's LoRA stay as they were.
 
 - int4: 4-bit weights in groups of 32 along the input, each group with its own scale and
   minimum (`w = q * scale + minimum`, q in 0..15). That is the grid of the GGUF the default

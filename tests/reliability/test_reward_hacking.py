@@ -149,11 +149,12 @@ def install_broken_head(monkeypatch: pytest.MonkeyPatch, asst: Assistant) -> Non
         return BrokenHead(threshold=x[:, COLUMN].mean().item()), {}
 
     features, base_pass = trainer.features, sampling.base_pass
-    db = trainer.context.store.db
+    store = trainer.context.store  # its `db` is the calling thread's connection: read it there
 
     def rated_features(messages: list[Any]) -> torch.Tensor:  # the rated replies, x_user
         x = features(messages).clone()
-        x[:, COLUMN] = measure([example(db, trainer.prompting, m).reply for m in messages])
+        replies = [example(store.db, trainer.prompting, m).reply for m in messages]
+        x[:, COLUMN] = measure(replies)
         return x
 
     def scored_base_pass(
