@@ -224,7 +224,9 @@ class AssistantCore:
             self._round_finished(user_id)
 
     def _round_finished(self, user_id: str) -> None:
-        """Called after every round, in the round's thread (`OperatorViews` logs alerts)."""
+        """Called after every round, in the thread that asked for it (the scheduler's, or
+        the caller's of `train`), once the round's own thread has ended (`OperatorViews` logs
+        alerts)."""
 
     def close(self) -> None:
         if self.scheduler is not None:

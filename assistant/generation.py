@@ -121,21 +121,23 @@ TOP_P_CANDIDATES = 1024  # the likeliest tokens looked at first (a vocabulary is
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Zero the tail of each row outside the smallest set whose mass reaches top_p.
+    """Zero the tail of each row outside the smallest set whose mass reaches top_p; tokens
+    tied with the last one kept are kept too, so the nucleus does not depend on how a sort
+    orders equal probabilities (bf16-rounded logits tie often).
 
     The nucleus nearly always lies within the `TOP_P_CANDIDATES` likeliest tokens; ranking
-    only those (`topk`) gives the same nucleus as sorting the whole vocabulary, at a fraction
+    only those (`topk`) finds the same boundary as sorting the whole vocabulary, at a fraction
     of the cost per decoded token. Where their mass falls short of top_p, the whole row is
-    sorted."""
+    sorted (the same boundary either way, so a row's nucleus does not depend on its batch)."""
     if top_p >= 1.0:
         return probs
     k = min(TOP_P_CANDIDATES, probs.shape[-1])
-    sorted_probs, order = probs.topk(k, dim=-1)
-    if bool((sorted_probs.sum(dim=-1) < top_p).any()):
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-    sorted_probs[mass_before >= top_p] = 0.0
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    ranked = probs.topk(k, dim=-1).values
+    if bool((ranked.sum(dim=-1) < top_p).any()):
+        ranked = probs.sort(dim=-1, descending=True).values
+    mass_before = ranked.cumsum(dim=-1) - ranked
+    boundary = ranked.masked_fill(mass_before >= top_p, float("inf")).amin(dim=-1, keepdim=True)
+    filtered = torch.where(probs >= boundary, probs, torch.zeros_like(probs))
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 WeightBits = Literal["int8", "int4", "auto"]
 INT4_GROUP = 32  # the GGUF Q4_1 block size: the default model's own grid
+INT4_OUTPUTS = 16  # torch's int4 packing takes output counts in multiples of this
 _ACTIVATIONS = torch.bfloat16  # the kernels' vectorised path (fp32 activations run scalar)
 
 
@@ -118,8 +119,13 @@ def on_int4_grid(weight: torch.Tensor) -> bool:
 
 def quantized(linear: nn.Linear, bits: WeightBits) -> QuantizedLinear:
     """The layer as int4 or int8. "auto": int4 where its weights already lie on the int4 grid
-    (so nothing is lost), int8 elsewhere. int4 needs whole groups and torch's int4 kernels."""
-    int4_possible = linear.in_features % INT4_GROUP == 0 and int4_supported()
+    (so nothing is lost), int8 elsewhere. int4 needs whole groups of inputs, outputs in
+    multiples of `INT4_OUTPUTS` and torch's int4 kernels; a layer without them gets int8."""
+    int4_possible = (
+        linear.in_features % INT4_GROUP == 0
+        and linear.out_features % INT4_OUTPUTS == 0
+        and int4_supported()
+    )
     if bits == "auto":
         int4_possible = int4_possible and on_int4_grid(linear.weight)
     return Int4Linear(linear) if bits != "int8" and int4_possible else Int8Linear(linear)

@@ -104,7 +104,7 @@ def build_pool(asst: Assistant, folder: Path, heldout_seeds: int, red_seeds: int
             asst, heldout, heldout_seeds, batch, ppo.max_new_tokens
         )
         features = reward.features(
-            asst.base.model,
+            asst.base.pristine,  # the fp32 weights rounds read features with, not the served tree
             examples,
             asst.base.tokenizer.pad_token_id,
             asst.base.device,

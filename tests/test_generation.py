@@ -96,27 +96,40 @@ def test_top_p_keeps_the_smallest_nucleus() -> None:
 
 
 def full_sort_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """The nucleus by sorting the whole vocabulary: what the top-k shortcut must equal."""
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    sorted_probs[sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p] = 0.0
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return filtered / filtered.sum(dim=-1, keepdim=True)
+    """The nucleus by sorting the whole vocabulary, ties at its edge kept: what the top-k
+    shortcut must equal."""
+    ranked = probs.sort(dim=-1, descending=True).values
+    kept = ranked[(ranked.cumsum(dim=-1) - ranked) < top_p]
+    filtered = torch.where(probs >= kept.min(), probs, torch.zeros_like(probs))
+    return filtered / filtered.sum()
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0, 3.0])
 def test_top_p_from_the_likeliest_tokens_equals_sorting_everything(temperature: float) -> None:
     """Peaked rows (nucleus within the top-k) and flat ones (it is not: the fallback sorts
-    all): the same nucleus, bit for bit, so seeded draws do not change."""
+    all): each row's nucleus is the full sort's, bit for bit, alone or beside any other row,
+    so seeded draws do not depend on the batch."""
     g = torch.Generator().manual_seed(0)
     vocab = 3 * generation.TOP_P_CANDIDATES
-    logits = torch.randn(6, vocab, generator=g) * torch.tensor(
-        [[8.0], [6.0], [4.0], [1.0], [0.1], [0.0]]
-    )
-    probs = torch.softmax(logits / temperature, dim=-1)
+    spread = torch.tensor([[8.0], [6.0], [4.0], [1.0], [0.1], [0.0]])
+    probs = torch.softmax(torch.randn(6, vocab, generator=g) * spread / temperature, dim=-1)
     topk_mass = probs.topk(generation.TOP_P_CANDIDATES, dim=-1).values.sum(-1)
     assert (topk_mass >= 0.95).any() and (topk_mass < 0.95).any()  # both paths are taken
-    for rows in [probs[i : i + 1] for i in range(len(probs))] + [probs[:3], probs]:
-        assert torch.equal(_top_p_filter(rows.clone(), 0.95), full_sort_top_p(rows.clone(), 0.95))
+    expected = torch.cat([full_sort_top_p(row[None], 0.95) for row in probs])
+    for rows in [[i] for i in range(len(probs))] + [[0, 1, 2], list(range(6)), [0, 5]]:
+        got = _top_p_filter(probs[rows].clone(), 0.95)
+        assert torch.equal(got, expected[rows])
+
+
+def test_top_p_keeps_every_token_tied_at_the_edge() -> None:
+    """Equal probabilities at the nucleus's edge are all kept: which of them a sort puts
+    first is not specified, so keeping one would pick arbitrarily."""
+    probs = torch.tensor([[0.4, 0.2, 0.2, 0.2], [0.2, 0.2, 0.4, 0.2]])
+    kept = _top_p_filter(probs.clone(), 0.5)
+    assert torch.equal(kept, probs / probs.sum(-1, keepdim=True))
+    assert torch.equal(
+        _top_p_filter(probs.clone(), 0.3), torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    )
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])

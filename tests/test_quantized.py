@@ -24,8 +24,9 @@ from assistant.quantized import (
 )
 
 
-def grid_linear(out: int, inp: int, seed: int = 0) -> nn.Linear:
-    """A linear layer whose weights are q * scale + minimum per group of 32 (a Q4_1 GGUF's)."""
+def grid_codes(out: int, inp: int, seed: int = 0) -> tuple[torch.Tensor, nn.Linear]:
+    """The 4-bit codes q and a linear layer whose weights are q * scale + minimum per group
+    of 32 (a Q4_1 GGUF's grid)."""
     g = torch.Generator().manual_seed(seed)
     groups = inp // INT4_GROUP
     q = torch.randint(0, 16, (out, groups, INT4_GROUP), generator=g).float()
@@ -34,7 +35,11 @@ def grid_linear(out: int, inp: int, seed: int = 0) -> nn.Linear:
     low = -torch.rand(out, groups, 1, generator=g) * 0.1
     layer = nn.Linear(inp, out, bias=False)
     layer.weight.data = (q * scale + low).reshape(out, inp)
-    return layer
+    return q.reshape(out, inp), layer
+
+
+def grid_linear(out: int, inp: int, seed: int = 0) -> nn.Linear:
+    return grid_codes(out, inp, seed)[1]
 
 
 def bf16_reference(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -43,10 +48,22 @@ def bf16_reference(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_int4_keeps_weights_on_its_grid_exactly() -> None:
-    layer = grid_linear(96, 128)
+    codes, layer = grid_codes(96, 128)
     assert on_int4_grid(layer.weight)
     q = quantized(layer, "auto")
     assert isinstance(q, Int4Linear)
+    # the packed codes are the grid's own: read back through the kernel with scale 1 and the
+    # value 8 at code 8 (so it returns the codes), on the identity matrix
+    unit = torch.stack(
+        [
+            torch.ones_like(q.scales_and_zeros[..., 0]),
+            torch.full_like(q.scales_and_zeros[..., 1], 8.0),
+        ],
+        -1,
+    )
+    eye = torch.eye(128, dtype=torch.bfloat16)
+    read = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, q.weight, INT4_GROUP, unit)
+    assert torch.equal(read.float().t(), codes)
     x = torch.randn(5, 128)
     expected = bf16_reference(layer, x)
     # only the bf16 scales/minima and the bf16 output differ from the exact product
@@ -63,7 +80,9 @@ def test_auto_keeps_int8_where_int4_would_lose_precision() -> None:
     assert not on_int4_grid(free.weight)
     assert isinstance(quantized(free, "auto"), Int8Linear)
     assert isinstance(quantized(free, "int4"), Int4Linear)  # asked for: given
-    assert isinstance(quantized(nn.Linear(100, 8), "int4"), Int8Linear)  # 100 is no 32s
+    assert isinstance(quantized(nn.Linear(100, 16), "int4"), Int8Linear)  # 100 is no 32s
+    assert isinstance(quantized(nn.Linear(64, 24), "int4"), Int8Linear)  # 24 is no 16s
+    assert isinstance(quantized(grid_linear(24, 64), "auto"), Int8Linear)  # on the grid, too
     x = torch.randn(3, 7, 128)
     q8 = Int8Linear(free)
     out = q8(x)

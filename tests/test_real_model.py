@@ -68,10 +68,11 @@ def test_the_default_model_is_served_in_int4_close_to_what_training_sees(real: A
     import torch
 
     from assistant import generation
+    from assistant.quantized import int4_supported
 
     base = real.base
-    if base.device.type != "cpu":
-        pytest.skip("integer serving layers are for a CPU")
+    if base.device.type != "cpu" or not int4_supported():
+        pytest.skip("integer serving layers are for a CPU with torch's int4 kernels")
     assert base.serving_weights == {"Int4Linear": 210, "Int8Linear": 1}
     ids = generation.prompt_token_ids(
         base.tokenizer, [{"role": "user", "content": "How do I boil an egg?"}], None, 512
