@@ -5,6 +5,7 @@ Runs from an empty model cache, so provisioning itself is tested (about a minute
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -83,3 +84,26 @@ def test_the_default_model_is_served_in_int4_close_to_what_training_sees(real: A
         trained = torch.log_softmax(base.training_copy()(input_ids=text).logits[0].float(), -1)
     kl = float((trained.exp() * (trained - served)).sum(-1).mean())
     assert 0 < kl < 0.01
+
+    # with a user's adapter on both (the same LoRA tensors, a copy of each tree), as users are
+    # served and as the gate measured the version
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    torch.manual_seed(0)
+    trained_lora = get_peft_model(base.training_copy(), config).eval()
+    with torch.no_grad():
+        for name, p in trained_lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    served_lora = get_peft_model(copy.deepcopy(base.model), config).eval()
+    lora = {k: v for k, v in trained_lora.state_dict().items() if "lora_" in k}
+    assert not served_lora.load_state_dict(lora, strict=False).unexpected_keys
+    with torch.inference_mode():
+        adapted = torch.log_softmax(trained_lora(input_ids=text).logits[0].float(), -1)
+        served_adapted = torch.log_softmax(served_lora(input_ids=text).logits[0].float(), -1)
+    assert float((adapted.exp() * (adapted - trained)).sum(-1).mean()) > 0.01  # it adapts
+    kl_adapted = float((adapted.exp() * (adapted - served_adapted)).sum(-1).mean())
+    assert 0 < kl_adapted < 0.01
