@@ -334,7 +334,9 @@ class Conversations(AssistantCore):
         eos = self.base.tokenizer.eos_token_id
         replies = [s.token_ids + ([eos] if s.finished else []) or [eos] for s in samples]
         try:
-            return in_fresh_thread(lambda: self.trainer.pick_pair(user.id, prompt, replies))
+            return in_fresh_thread(
+                self._in_work_thread, lambda: self.trainer.pick_pair(user.id, prompt, replies)
+            )
         except Exception as e:  # a broken picker must not take Compare down with it
             log.exception("picking a Compare's pair failed; showing the first two")
             return 0, 1, f"as drawn (picker failed: {type(e).__name__})"

@@ -11,6 +11,7 @@ import pytest
 from assistant import Assistant, model
 from assistant.threads import in_fresh_thread
 from online_rl.rounds import Trainer
+from storage.db import Store
 
 
 def test_in_fresh_thread_returns_and_raises_across_the_thread() -> None:
@@ -36,11 +37,20 @@ def test_the_model_loads_and_rounds_run_outside_the_callers_thread(
         threads["round"] = threading.current_thread()
         return f"round of {user_id}"
 
+    closed_in: list[threading.Thread] = []
+    real_close = Store.close
+
+    def close(self: Store) -> None:
+        closed_in.append(threading.current_thread())
+        real_close(self)
+
     monkeypatch.setattr(model, "load", load)
     monkeypatch.setattr(Trainer, "run", run)
+    monkeypatch.setattr(Store, "close", close)
     with Assistant.open(tmp_path / "data", model=str(tiny_model_dir)) as asst:
         user = asst.add_user("alice", password="alice-password")
         assert asst.train("alice") == f"round of {user.id}"
     here = threading.current_thread()
     assert threads["load"] is not here and not threads["load"].is_alive()
     assert threads["round"] is not here and not threads["round"].is_alive()
+    assert threads["round"] in closed_in  # the round's thread closed its own connection
