@@ -137,7 +137,7 @@ def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
         ranked = probs.sort(dim=-1, descending=True).values
     mass_before = ranked.cumsum(dim=-1) - ranked
     boundary = ranked.masked_fill(mass_before >= top_p, float("inf")).amin(dim=-1, keepdim=True)
-    filtered = torch.where(probs >= boundary, probs, torch.zeros_like(probs))
+    filtered = probs.masked_fill(probs < boundary, 0.0)
     return filtered / filtered.sum(dim=-1, keepdim=True)
 
 

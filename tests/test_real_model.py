@@ -64,17 +64,22 @@ def test_real_tokenizer_cannot_be_injected(real: Assistant) -> None:
 
 def test_the_default_model_is_served_in_int4_close_to_what_training_sees(real: Assistant) -> None:
     """On a CPU the default model's layers are on the int4 grid of its Q4_1 GGUF: all served
-    as int4 (the tied output layer as int8), within 0.01 nats/token of the fp32 weights that
-    training differentiates through."""
+    as int4 (the tied output layer as int8; every layer int8 where torch lacks int4
+    kernels), within 0.01 nats/token of the fp32 weights that training differentiates
+    through. On CUDA serving and training share the NF4 layers."""
     import torch
 
     from assistant import generation
     from assistant.quantized import int4_supported
 
     base = real.base
-    if base.device.type != "cpu" or not int4_supported():
-        pytest.skip("integer serving layers are for a CPU with torch's int4 kernels")
-    assert base.serving_weights == {"Int4Linear": 210, "Int8Linear": 1}
+    if base.device.type == "cuda":
+        expected = {}
+    elif int4_supported():
+        expected = {"Int4Linear": 210, "Int8Linear": 1}
+    else:
+        expected = {"Int8Linear": 211}
+    assert base.serving_weights == expected
     ids = generation.prompt_token_ids(
         base.tokenizer, [{"role": "user", "content": "How do I boil an egg?"}], None, 512
     )
@@ -83,7 +88,7 @@ def test_the_default_model_is_served_in_int4_close_to_what_training_sees(real: A
         served = torch.log_softmax(base.model(input_ids=text).logits[0].float(), -1)
         trained = torch.log_softmax(base.training_copy()(input_ids=text).logits[0].float(), -1)
     kl = float((trained.exp() * (trained - served)).sum(-1).mean())
-    assert 0 < kl < 0.01
+    assert kl < 0.01 and (kl > 0) == bool(expected)  # integer layers do move it, a little
 
     # with a user's adapter on both (the same LoRA tensors, a copy of each tree), as users are
     # served and as the gate measured the version
@@ -106,4 +111,4 @@ def test_the_default_model_is_served_in_int4_close_to_what_training_sees(real: A
         served_adapted = torch.log_softmax(served_lora(input_ids=text).logits[0].float(), -1)
     assert float((adapted.exp() * (adapted - trained)).sum(-1).mean()) > 0.01  # it adapts
     kl_adapted = float((adapted.exp() * (adapted - served_adapted)).sum(-1).mean())
-    assert 0 < kl_adapted < 0.01
+    assert kl_adapted < 0.01 and (kl_adapted > 0) == bool(expected)
