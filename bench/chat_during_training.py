@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             time.sleep(gap)
 
     measure("idle", 0.0)
-    policy = asst.trainer.policy
+    policy = asst.trainer.worker.policy
     done = [0]
     chat_first = policy.between_steps
 

@@ -287,7 +287,7 @@ def head_bytes(folder: Path) -> dict[str, int]:
     from safetensors.torch import load_file
 
     from online_rl.policy import VALUE_HEAD_FILE
-    from online_rl.rounds import REWARD_HEAD_FILE
+    from online_rl.round_worker import REWARD_HEAD_FILE
 
     return {
         "adapter": tensor_bytes(load_file(str(folder / "adapter_model.safetensors"))),

@@ -192,7 +192,7 @@ def attune_side(job: Job) -> SideResult:
     )
     config = TrainingConfig(ppo=ppo, lora=LoraSettings())
     asst = open_fresh(where, NAME, training=config)
-    policy = asst.trainer.policy
+    policy = asst.trainer.worker.policy
     policy.start_from(None)  # a fresh adapter and value head, as a new user's first round
     load_seconds = time.perf_counter() - started
     torch.manual_seed(s.seed)

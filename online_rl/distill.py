@@ -2,7 +2,7 @@
 
 - best-of-n: samples the user's reward head says the user would like are demonstrations:
   supervised steps on them, this iteration's first, then earlier ones from the user's liked
-  pool (kept in the database, re-judged by the current head every round);
+  pool (`user_data.LikedPool`, re-judged by the current head every round);
 - ranked pairs: each prompt's (best, worst) sample as the head ranks them (with the cut-off and
   safety penalties) is a DPO pair, liked or not, when their scores differ by
   `ranked_pair_margin` — a preference even when no sample is good (online DPO), anchored by the
@@ -18,57 +18,11 @@ from dataclasses import dataclass, field
 import torch
 
 from online_rl.config import RoundConfig
-from online_rl.features import FeatureSpec
 from online_rl.policy import Batch, TrainablePolicy
 from online_rl.ppo import Iteration, PPOConfig, shaped_scores
 from online_rl.reward import UserReward
 from online_rl.user_data import Example
 from online_rl.warm_start import preference_step, sequence_logprob, supervised_step
-from storage import records
-from storage.db import Store, writing
-
-
-@dataclass(frozen=True)
-class LikedPool:
-    """A user's liked rollout samples, the newest `keep`, stored per base model with their
-    reward features; a sample whose features are of another kind than the head now reads is
-    re-featured (`compute`) when the pool is read."""
-
-    store: Store
-    model_key: str
-    spec: FeatureSpec
-    keep: int
-    compute: Callable[[list[tuple[list[int], list[int]]]], torch.Tensor]
-
-    def read(self, user_id: str) -> list[tuple[Example, torch.Tensor]]:
-        db = self.store.db
-        rows = records.list_liked_samples(db, user_id, self.model_key, self.keep)
-        stale = [r for r in rows if r["kind"] != self.spec.key]
-        if stale:
-            x = self.compute([(r["prompt"], r["reply"]) for r in stale])
-            fresh = {r["id"]: x[i].numpy().astype("<f4").tobytes() for i, r in enumerate(stale)}
-            records.set_liked_vectors(db, self.spec.key, fresh)
-            rows = [r | {"vector": fresh.get(r["id"], r["vector"])} for r in rows]
-        return [
-            (
-                Example(r["prompt"], r["reply"]),
-                torch.frombuffer(bytearray(r["vector"]), dtype=torch.float32),
-            )
-            for r in rows
-        ]
-
-    def add(self, user_id: str, samples: list[tuple[Example, torch.Tensor]]) -> None:
-        """Store newly liked samples and trim to the newest `keep`; a user deleted while the
-        round ran gets nothing (checked under the write lock)."""
-        rows = [(e.prompt, e.reply, x.numpy().astype("<f4").tobytes()) for e, x in samples]
-        db = self.store.db
-        with writing(db):
-            if records.user_exists(db, user_id):
-                records.add_liked_samples(db, user_id, self.model_key, self.spec.key, rows)
-                records.trim_liked_samples(db, user_id, self.keep)
-
-    def count(self, user_id: str) -> int:
-        return records.liked_sample_count(self.store.db, user_id, self.model_key)
 
 
 @dataclass

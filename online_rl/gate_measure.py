@@ -9,7 +9,7 @@ candidate that is not better is refused anyway, so it costs no red-team replies.
 every round, so no lucky draw of live's outlives its round.
 
 The base's per-prompt red-team rates (the safety reference) are sampled once per everything
-they depend on (`baseline_key`) and stored.
+they depend on (`red_team_baseline_key`) and stored by the serving node.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from online_rl.config import TrainingConfig
 from online_rl.policy import BASE, TRAINABLE, TrainablePolicy, forward_batch
 from online_rl.release_tests import Look, StagedTest
 from online_rl.user_data import Prompting, hash_text
-from storage import records
-from storage.db import Store
 
 
 @dataclass(frozen=True)
@@ -357,61 +355,66 @@ def base_replies(
 BASELINE_BATCH_ROWS = 96
 
 
-class RedTeam:
-    """The safety floor's red-team prompts as the model sees them (none when the floor is off)
-    and the base's (offensive share, mean offensive probability) on each, over
-    `base_red_team_seeds` replies: what every candidate's safety is measured against.
+def red_team_prompts(prompting: Prompting, config: TrainingConfig) -> list[list[int]]:
+    """The safety floor's red-team prompts as the model sees them (none when the floor is off)."""
+    if not config.safety.enabled:
+        return []
+    return [prompting.ids([{"role": "user", "content": p}]) for p in safety.red_team_prompts()]
 
-    The base is frozen, so the baseline is sampled once and stored under `baseline_key`: a
-    restart reuses it (sampling it takes minutes on a real model), a change of anything it
-    depends on samples it again."""
+
+def red_team_baseline_key(
+    base: LoadedModel, quantize: str, prompting: Prompting, config: TrainingConfig
+) -> str:
+    """A hash of everything the base's red-team baseline depends on: the base model, the
+    prompts as the model sees them (prompt texts, system prompt, chat template, tokenizer), the
+    sampling settings and seeds, and the classifier's threshold. The serving node looks the
+    stored baseline up by it; a round worker that has to sample it returns it under it."""
+    settings = {
+        "model": base.source,
+        "weights": str(base.model.dtype),  # fp32, bf16, or NF4's compute
+        "quantize": quantize,
+        "classifier": safety.classifier_version(),
+        "prompts": red_team_prompts(prompting, config),
+        "system_prompt": prompting.system_prompt,
+        "temperature": config.ppo.temperature,
+        "max_new_tokens": config.gate.red_team_max_new_tokens,
+        "seeds": config.gate.base_red_team_seeds,
+        "threshold": config.safety.threshold,
+    }
+    return hash_text(json.dumps(settings, sort_keys=True))
+
+
+class RedTeam:
+    """The red-team prompts and the base's (offensive share, mean offensive probability) on
+    each, over `base_red_team_seeds` replies: what every candidate's safety is measured against.
+
+    The base is frozen, so the baseline is sampled once: the serving node stores it (under
+    `red_team_baseline_key`) and hands it to every round (`known`); a worker that was handed
+    none samples it (minutes on a real model) and keeps it for its later rounds."""
 
     def __init__(
         self,
-        store: Store,
         policy: Callable[[], TrainablePolicy],
         base: LoadedModel,
         prompting: Prompting,
-        quantize: str,
         config: TrainingConfig,
     ):
-        self.store, self.policy, self.base, self.config = store, policy, base, config
-        self.quantize = quantize
-        self.system_prompt = prompting.system_prompt
-        self.prompts: list[list[int]] = (
-            [prompting.ids([{"role": "user", "content": p}]) for p in safety.red_team_prompts()]
-            if config.safety.enabled
-            else []
-        )
+        self.policy, self.base, self.config = policy, base, config
+        self.prompts = red_team_prompts(prompting, config)
         self._baseline: list[tuple[float, float]] | None = None
 
-    def baseline_key(self) -> str:
-        """A hash of everything the baseline depends on: the base model, the prompts as the
-        model sees them (prompt texts, system prompt, chat template, tokenizer), the sampling
-        settings and seeds, and the classifier's threshold."""
-        settings = {
-            "model": self.base.source,
-            "weights": str(self.base.model.dtype),  # fp32, bf16, or NF4's compute
-            "quantize": self.quantize,
-            "classifier": safety.classifier_version(),
-            "prompts": self.prompts,
-            "system_prompt": self.system_prompt,
-            "temperature": self.config.ppo.temperature,
-            "max_new_tokens": self.config.gate.red_team_max_new_tokens,
-            "seeds": self.config.gate.base_red_team_seeds,
-            "threshold": self.config.safety.threshold,
-        }
-        return hash_text(json.dumps(settings, sort_keys=True))
+    def known(self, baseline: list[tuple[float, float]] | None) -> None:
+        """The stored baseline, if the serving node has one (None keeps what this worker has)."""
+        if baseline is not None:
+            self._baseline = baseline
+
+    def held(self) -> list[tuple[float, float]] | None:
+        """The baseline this worker holds (None: never needed yet, so never sampled)."""
+        return self._baseline
 
     def baseline(self) -> list[tuple[float, float]]:
         if self._baseline is None:
-            key = self.baseline_key()
-            db = self.store.db
-            baseline = records.get_red_team_baseline(db, key)
-            if baseline is None:
-                baseline = self._sample_baseline()
-                records.put_red_team_baseline(db, key, self.base.source, baseline)
-            self._baseline = baseline
+            self._baseline = self._sample_baseline()
         return self._baseline
 
     def _sample_baseline(self) -> list[tuple[float, float]]:

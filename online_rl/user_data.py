@@ -18,6 +18,7 @@ from assistant.config import HARMFUL_REASON
 from online_rl import reward, safety
 from online_rl.features import FeatureSpec
 from storage import records
+from storage.db import Store, writing
 
 
 @dataclass
@@ -61,6 +62,13 @@ class Prompting:
         return generation.prompt_token_ids(
             self.tokenizer, turns, self.system_prompt, self.prompt_tokens
         )
+
+
+def prompting_for(
+    tokenizer: Any, system_prompt: str, context_tokens: int, reply_tokens: int
+) -> Prompting:
+    """A round's view of conversations: the context window less the room a rollout needs."""
+    return Prompting(tokenizer, system_prompt, context_tokens - reply_tokens, reply_tokens)
 
 
 def example(db: Any, prompting: Prompting, message: records.Row) -> Example:
@@ -165,6 +173,49 @@ def cached_features(
     return torch.stack(
         [torch.frombuffer(bytearray(cached[m["id"]]), dtype=torch.float32) for m in messages]
     )
+
+
+@dataclass(frozen=True)
+class LikedPool:
+    """A user's liked rollout samples, the newest `keep`, stored per base model with their
+    reward features; a sample whose features are of another kind than the head now reads is
+    re-featured (`compute`) when the pool is read."""
+
+    store: Store
+    model_key: str
+    spec: FeatureSpec
+    keep: int
+    compute: Callable[[list[tuple[list[int], list[int]]]], torch.Tensor]
+
+    def read(self, user_id: str) -> list[tuple[Example, torch.Tensor]]:
+        db = self.store.db
+        rows = records.list_liked_samples(db, user_id, self.model_key, self.keep)
+        stale = [r for r in rows if r["kind"] != self.spec.key]
+        if stale:
+            x = self.compute([(r["prompt"], r["reply"]) for r in stale])
+            fresh = {r["id"]: x[i].numpy().astype("<f4").tobytes() for i, r in enumerate(stale)}
+            records.set_liked_vectors(db, self.spec.key, fresh)
+            rows = [r | {"vector": fresh.get(r["id"], r["vector"])} for r in rows]
+        return [
+            (
+                Example(r["prompt"], r["reply"]),
+                torch.frombuffer(bytearray(r["vector"]), dtype=torch.float32),
+            )
+            for r in rows
+        ]
+
+    def add(self, user_id: str, samples: list[tuple[Example, torch.Tensor]]) -> None:
+        """Store newly liked samples and trim to the newest `keep`; a user deleted while the
+        round ran gets nothing (checked under the write lock)."""
+        rows = [(e.prompt, e.reply, x.numpy().astype("<f4").tobytes()) for e, x in samples]
+        db = self.store.db
+        with writing(db):
+            if records.user_exists(db, user_id):
+                records.add_liked_samples(db, user_id, self.model_key, self.spec.key, rows)
+                records.trim_liked_samples(db, user_id, self.keep)
+
+    def count(self, user_id: str) -> int:
+        return records.liked_sample_count(self.store.db, user_id, self.model_key)
 
 
 def hash_text(text: str) -> str:

@@ -19,6 +19,10 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 TEMP_PREFIX = ".tmp-"
 
+# a version's files by name (relative to its folder): how a version travels to and from a round
+# that runs in another process or on another machine
+AdapterFiles = dict[str, bytes]
+
 
 class CorruptAdapter(Exception):
     """An adapter folder is missing, incomplete or does not match its manifest."""
@@ -66,6 +70,30 @@ def write_version(root: Path, user_id: str, version: int, write: Callable[[Path]
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return final
+
+
+def read_files(folder: Path) -> AdapterFiles:
+    """Every file under `folder` but the manifest, by relative name (a version's manifest is
+    checked first: damaged files are refused here, not shipped)."""
+    folder = Path(folder)
+    if (folder / MANIFEST).exists():
+        verify_version(folder)
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def put_files(files: AdapterFiles, folder: Path) -> None:
+    """Write `files` (from `read_files`) into `folder`; a name that would leave it is refused."""
+    folder = Path(folder).resolve()
+    for name, data in files.items():
+        path = (folder / name).resolve()
+        if not path.is_relative_to(folder) or path == folder:
+            raise ValueError(f"refusing to write {name!r} outside {folder}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 def highest_version_on_disk(root: Path, user_id: str) -> int:

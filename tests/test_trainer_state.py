@@ -150,7 +150,7 @@ def test_the_base_red_team_baseline_is_not_resampled_after_a_restart(
         give_feedback(asst, "alice")
         calls = base_only_calls(asst, monkeypatch)
         asst.train("alice")
-        red_team = len(asst.trainer.red_team.prompts)
+        red_team = len(asst.trainer.worker.red_team.prompts)
         assert sum(calls) == red_team * OPEN_GATE.base_red_team_seeds
     with reopen(tmp_path, tiny_model_dir, training()) as asst:
         calls = base_only_calls(asst, monkeypatch)
@@ -177,12 +177,12 @@ def test_delete_user_forgets_the_pool_and_the_trainers_memory(
         bob = asst.user("bob").id
         trainer = asst.trainer
         assert user_rows(asst, alice)["liked_samples"] == ROLLOUTS
-        assert any(owner == alice for owner, _ in trainer.references)
+        assert any(owner == alice for owner, _ in trainer.worker.references)
         asst.delete_user("alice")
         assert not any(user_rows(asst, alice).values())
-        assert not any(owner == alice for owner, _ in trainer.references)
+        assert not any(owner == alice for owner, _ in trainer.worker.references)
         assert user_rows(asst, bob)["liked_samples"] == ROLLOUTS
-        assert any(owner == bob for owner, _ in trainer.references)
+        assert any(owner == bob for owner, _ in trainer.worker.references)
 
 
 def test_delete_user_makes_no_trainer(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -195,15 +195,15 @@ def test_delete_user_makes_no_trainer(tmp_path: Path, tiny_model_dir: Path) -> N
 def test_the_reference_log_probs_in_memory_are_bounded(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from online_rl import rounds
+    from online_rl import round_worker
 
-    monkeypatch.setattr(rounds, "REFERENCE_LOGPROBS_KEPT", 3)
+    monkeypatch.setattr(round_worker, "REFERENCE_LOGPROBS_KEPT", 3)
     with reopen(tmp_path, tiny_model_dir, training()) as asst:
         asst.add_user("alice")
         give_feedback(asst, "alice")  # three A/B pairs: six replies
         report = asst.train("alice")
         assert report.metrics["preference_loss_first"] is not None
-        assert len(asst.trainer.references) == 3
+        assert len(asst.trainer.worker.references) == 3
 
 
 @pytest.mark.parametrize("when", ["pooling", "gate"])
@@ -237,4 +237,4 @@ def test_a_user_deleted_during_their_round_leaves_nothing_behind(
         assert report.reason == "abandoned: the user was deleted while the round ran"
         assert not (asst.config.adapters_dir / alice).exists()
         assert not any(user_rows(asst, alice).values())
-        assert not any(owner == alice for owner, _ in asst.trainer.references)
+        assert not any(owner == alice for owner, _ in asst.trainer.worker.references)

@@ -153,11 +153,15 @@ def test_a_crash_while_writing_the_version_leaves_the_live_one_serving(
     assert accepting.train("alice").accepted
     give_feedback(accepting, "alice", prompts=2)
 
-    def crash_midway(folder: Path) -> None:
+    put_files = adapter_files.put_files
+
+    def crash_midway(files: adapter_files.AdapterFiles, folder: Path) -> None:
+        if not folder.name.startswith(adapter_files.TEMP_PREFIX):  # not the version's folder
+            return put_files(files, folder)
         (folder / "adapter_model.safetensors").write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(accepting.trainer.policy, "save", crash_midway)
+    monkeypatch.setattr(adapter_files, "put_files", crash_midway)
     with pytest.raises(OSError, match="disk full"):
         accepting.train("alice")
     assert [v["version"] for v in accepting.versions("alice")] == [1]
@@ -296,7 +300,7 @@ def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_o
 
     monkeypatch.setattr(sampling, "sample", spy)
     give_feedback(accepting, "alice")
-    red_team = len(trainer.red_team.prompts)
+    red_team = len(trainer.worker.red_team.prompts)
     gate = accepting.trainer.config.gate
     n, m = gate.improvement.stages[0], gate.red_team.stages[0]
     seeds_by_round = []
@@ -304,7 +308,7 @@ def test_the_gate_pairs_candidate_and_live_on_fresh_seeds_and_samples_the_base_o
         calls.clear()
         assert accepting.train("alice").accepted
         # the gain's stage: candidate and live on the same prompts and seeds
-        reference = trainer.policy.reference_name
+        reference = trainer.worker.policy.reference_name
         prompts, names, seeds, _ = next(
             c for c in reversed(calls) if TRAINABLE in c[1] and reference in c[1]
         )
@@ -340,7 +344,7 @@ def test_a_candidate_not_shown_better_costs_no_red_team_replies(
         from online_rl import sampling
 
         trainer = asst.trainer
-        red_team = {tuple(p) for p in trainer.red_team.prompts}
+        red_team = {tuple(p) for p in trainer.worker.red_team.prompts}
         asked: list[tuple] = []
         sample = sampling.sample
 
@@ -367,10 +371,10 @@ def test_dpo_reference_log_probs_are_cached_per_message(accepting: Assistant) ->
     alice = accepting.user("alice").id
     db = accepting.store.db
     pairs = user_feedback(db, alice, trainer.config.safety).preferences
-    assert {(alice, m["id"]) for pair in pairs for m in pair} <= set(trainer.references)
+    assert {(alice, m["id"]) for pair in pairs for m in pair} <= set(trainer.worker.references)
     winners = [example(db, trainer.prompting, w) for w, _ in pairs]
-    fresh = trainer.base_logprobs(winners).cpu()  # the cache holds them on the CPU
-    cached = torch.tensor([trainer.references[alice, w["id"]] for w, _ in pairs])
+    fresh = trainer.worker.base_logprobs(winners).cpu()  # the cache holds them on the CPU
+    cached = torch.tensor([trainer.worker.references[alice, w["id"]] for w, _ in pairs])
     assert torch.allclose(fresh, cached, atol=1e-4)
 
 
@@ -470,7 +474,7 @@ def test_identical_candidate_and_live_replies_are_a_tie_whatever_their_scores(
     # a score that differs for every row, as float noise between batch rows could
     scores = lambda x: torch.arange(len(x), dtype=torch.float32)  # noqa: E731
     replies = [same, same, same, other]
-    policy, base, config = trainer.policy, accepting.base, trainer.config
+    policy, base, config = trainer.worker.policy, accepting.base, trainer.config
     add_pairs(policy, base, seen, [prompt, prompt], replies, [True] * 4, scores, config)
     assert seen.gains == [0.0, 1.0 - 3.0]  # the identical pair ties; the other is scored
 
@@ -506,7 +510,7 @@ def test_the_kl_coefficient_carries_from_the_live_version_into_the_next_round(
 def test_a_round_offers_chat_the_cores_between_its_steps(accepting: Assistant) -> None:
     """The round calls `between_steps` before every decoding step and update minibatch
     (serving waits there while a chat reply is written: tests/test_batching.py)."""
-    policy = accepting.trainer.policy
+    policy = accepting.trainer.worker.policy
     assert policy.between_steps == accepting._chat_first  # wired by the facade
     steps: list[int] = []
     policy.between_steps = lambda: steps.append(1)

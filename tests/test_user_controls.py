@@ -143,15 +143,15 @@ def test_my_data_holds_everything_of_the_user_and_nothing_of_anyone_else(
 def test_a_pause_while_a_round_runs_keeps_its_version_from_going_live(
     accepting: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from online_rl import rounds
+    from online_rl import round_worker
 
-    measure = rounds.measure_gate
+    measure = round_worker.measure_gate
 
     def pause_then_measure(*args, **kwargs):
         accepting.pause_learning("alice")  # the user pauses while the round runs
         return measure(*args, **kwargs)
 
-    monkeypatch.setattr(rounds, "measure_gate", pause_then_measure)
+    monkeypatch.setattr(round_worker, "measure_gate", pause_then_measure)
     give_feedback(accepting, "alice")
     report = accepting.train("alice")
     assert not report.accepted and "paused while the round ran" in report.reason

@@ -303,7 +303,7 @@ root, model_dir = sys.argv[1:]
 safety.offensive_probability = keyword_offensive_probability
 asst = open_with(Path(root), Path(model_dir), OPEN_GATE)
 trainer = asst.trainer
-policy = trainer.policy  # the trainable copy exists before the round's clock starts
+policy = trainer.worker.policy  # the trainable copy exists before the round's clock starts
 phase = ["start"]
 
 
@@ -354,8 +354,9 @@ say("READY")
 hang_at = sys.stdin.readline().strip()
 if not hang_at:
     sys.exit(1)
-if hang_at == "weights_saved":  # inside the write: the LoRA is on disk, the rest is not
-    wrap(policy, "save", after=lambda *a: hang(hang_at))
+if hang_at == "weights_saved":  # inside the write: the files are in, nothing fsynced or renamed
+    temp = adapter_files.TEMP_PREFIX
+    wrap(adapter_files, "put_files", after=lambda f, p: p.name.startswith(temp) and hang(hang_at))
 elif hang_at == "before_rename":  # every file and the manifest fsynced, not yet renamed
     temp = adapter_files.TEMP_PREFIX
     wrap(adapter_files, "_fsync", after=lambda p: Path(p).name.startswith(temp) and hang(hang_at))
