@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,cluster]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -51,7 +51,7 @@ $(BENCH_STAMP): pyproject.toml bench/peers.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check torch==2.13.0
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BENCH_VENV)/bin/pip install -q --disable-pip-version-check \
-		-e '.[dev,bench]' -r bench/peers.txt
+		-e '.[dev,cluster,bench]' -r bench/peers.txt
 	touch $(BENCH_STAMP)
 
 bench-env: $(BENCH_STAMP)

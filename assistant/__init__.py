@@ -14,6 +14,7 @@ from assistant.config import (
     ChatConfig,
     GenerationConfig,
     ModelConfig,
+    RayConfig,
     SignInConfig,
 )
 from assistant.errors import (
@@ -59,6 +60,7 @@ __all__ = [
     "GenerationConfig",
     "InvalidInput",
     "ModelConfig",
+    "RayConfig",
     "ModelUnavailable",
     "NotAvailableYet",
     "NotFound",

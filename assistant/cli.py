@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from assistant.config import DEFAULT_MODEL, AssistantConfig, ModelConfig
+from assistant.config import DEFAULT_MODEL, AssistantConfig, ModelConfig, RayConfig
 from assistant.errors import AttuneError, InvalidInput, NotAvailableYet
 from assistant.facade import Assistant, Delta, Reply
 from assistant.passwords import random_password
@@ -130,10 +130,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """The web app (ui/), with the background scheduler in this process."""
     from ui.config import ServeConfig  # ui/ only when serving: assistant/ never needs it
 
+    ray = None
+    if hasattr(args, "ray"):  # rounds on Ray actors
+        ray = RayConfig(args.ray, getattr(args, "ray_actors", RayConfig.actors))
+    elif hasattr(args, "ray_actors"):
+        raise InvalidInput("--ray-actors needs --ray ADDRESS (or --ray local)")
     config = ServeConfig(
         data_dir=Path(args.data_dir),
         model=_model_config(args),
         background=args.training,
+        ray=ray,
         demo_accounts=args.demo_accounts,
         **{name: getattr(args, name) for name in SERVE_FIELDS if hasattr(args, name)},
     )  # checked before gradio and the model load: a bad setting stops here, readably
@@ -391,6 +397,15 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         default=True,
         help="do not run the background training scheduler",
+    )
+    serve.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="compute training rounds on Ray actors: a running cluster's address, or 'local' "
+        "to start Ray on this machine (default: rounds in this process)",
+    )
+    serve.add_argument(
+        "--ray-actors", type=int, help="round actors, each holding the base model (default 1)"
     )
     serve.add_argument(
         "--demo-accounts",

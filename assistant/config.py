@@ -185,6 +185,29 @@ class OperatorConfig:
     alerts: AlertConfig = field(default_factory=AlertConfig)
 
 
+LOCAL_RAY = "local"  # the Ray address that starts a Ray instance on this machine
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """address: a running Ray cluster's address ("ray://host:10001", "host:6379", "auto"), or
+    LOCAL_RAY to start a Ray instance on this machine with its cores and no dashboard.
+    actors: round actors, each holding the base model once; as many rounds run at once.
+    cpus_per_actor: CPU cores Ray reserves for each actor (its torch threads).
+    round_timeout_s: a round not back by then is lost (the actor is replaced)."""
+
+    address: str = LOCAL_RAY
+    actors: int = 1
+    cpus_per_actor: int = 1
+    round_timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if not self.address.strip():
+            raise InvalidInput("a Ray address is needed (or 'local')")
+        if self.actors < 1 or self.cpus_per_actor < 1:
+            raise InvalidInput("a Ray pool needs at least one actor with at least one CPU")
+
+
 @dataclass(frozen=True)
 class AssistantConfig:
     """Everything `Assistant.open` needs, in one place."""
@@ -202,6 +225,9 @@ class AssistantConfig:
     # being written, at most this long per step (0: it never waits); a round gets slower, a
     # chat does not
     round_waits_for_chat_s: float = 5.0
+    # where rounds are computed: None in this process (one at a time), else a pool of Ray
+    # actors (`online_rl.ray_rounds`)
+    ray: RayConfig | None = None
 
     @property
     def db_path(self) -> Path:

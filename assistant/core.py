@@ -22,6 +22,7 @@ from assistant.config import (
     ChatConfig,
     GenerationConfig,
     ModelConfig,
+    RayConfig,
     SignInConfig,
 )
 from assistant.errors import (
@@ -42,6 +43,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
     from assistant.batching import DecodeBatcher
     from online_rl.config import TrainingConfig
+    from online_rl.ray_rounds import RayWorkers
     from online_rl.rounds import Trainer, TrainReport
     from online_rl.scheduler import SchedulerConfig, TrainingScheduler
 
@@ -147,6 +149,7 @@ class AssistantCore:
         base, adapters = self.base, self.adapters  # each takes the load lock itself
         with self._load_lock:
             if self._trainer is None:
+                training = self._training_config or TrainingConfig()
                 context = RoundContext(
                     base=base,
                     store=self.store,
@@ -157,8 +160,24 @@ class AssistantCore:
                     serving_version=adapters.usable_version,
                     between_steps=self._chat_first,
                 )
-                self._trainer = Trainer(context, self._training_config or TrainingConfig())
+                self._trainer = Trainer(context, training, self._ray_workers(training))
             return self._trainer
+
+    def _ray_workers(self, training: TrainingConfig) -> RayWorkers | None:
+        """The Ray actors rounds are computed on, if the config names a Ray cluster."""
+        if self.config.ray is None:
+            return None
+        from online_rl.ray_rounds import RayWorkers
+
+        c = self.config
+        return RayWorkers(
+            c.ray,
+            c.model,
+            c.model_cache_dir,
+            c.chat.system_prompt,
+            c.chat.context_tokens,
+            training,
+        )
 
     @classmethod
     def open(
@@ -175,11 +194,13 @@ class AssistantCore:
         sign_in: SignInConfig | None = None,
         training: TrainingConfig | None = None,
         scheduler: SchedulerConfig | None = None,
+        ray: RayConfig | None = None,
     ) -> Self:
         """Open (creating if needed) the data dir and load the base model.
 
         background=True also starts the training scheduler: rounds then run by themselves as
-        users click (one scheduler per data folder and process).
+        users click (one scheduler per data folder and process). ray: compute rounds on a pool
+        of Ray actors (`RayConfig`) instead of in this process, as many at once as actors.
         """
         config = AssistantConfig(
             data_dir=Path(data_dir),
@@ -192,6 +213,7 @@ class AssistantCore:
             generation=generation_defaults or GenerationConfig(),
             chat=chat or ChatConfig(),
             sign_in=sign_in or SignInConfig(),
+            ray=ray,
         )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         # in a thread of its own, which takes its OpenMP team along: assistant.threads
@@ -202,14 +224,15 @@ class AssistantCore:
         return assistant
 
     def start_background(self, config: SchedulerConfig | None = None) -> TrainingScheduler:
-        """Start (once per process and data folder) the scheduler that trains as users click."""
+        """Start (once per process and data folder) the scheduler that trains as users click;
+        with Ray actors, as many rounds at once as actors unless `config` says otherwise."""
         from online_rl import scheduler as training_scheduler
 
+        if config is None:
+            actors = self.config.ray.actors if self.config.ray else 1
+            config = training_scheduler.SchedulerConfig(workers=actors)
         self.scheduler = training_scheduler.start_for(
-            self.config.data_dir,
-            self.store,
-            self._run_round,
-            config or training_scheduler.SchedulerConfig(),
+            self.config.data_dir, self.store, self._run_round, config
         )
         return self.scheduler
 
@@ -247,6 +270,8 @@ class AssistantCore:
             self.scheduler = None
         if self._batcher is not None:
             self._batcher.close()
+        if self._trainer is not None and self._trainer.workers is not None:
+            self._trainer.workers.close()
         self.store.close()
 
     def __enter__(self) -> Self:

@@ -22,7 +22,9 @@ the same worker runs in the serving process or in a Ray actor (`online_rl.ray_ro
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import tempfile
 import threading
 import time
@@ -265,6 +267,7 @@ class RoundWorker:
             "live_version": inputs.live_version,  # what the gate compared against
             "parent_version": start_version,  # what training started from
             "resumable": decision.resumable,
+            "computed_by": computed_here(),
             **{f"seconds_{k}": v for k, v in laps.seconds.items()},
         }
         return RoundResult(
@@ -385,6 +388,12 @@ class RoundWorker:
         prompts = [p for p in picked for _ in range(rc.samples_per_prompt)]
         provocation = torch.arange(len(prompts)) >= rc.rollout_prompts * rc.samples_per_prompt
         return prompts, provocation
+
+
+def computed_here() -> str:
+    """Which machine and process computed a round (its metrics say so: this process's, or a
+    Ray actor's)."""
+    return f"{socket.gethostname()} pid {os.getpid()}"
 
 
 def ppo_metrics(stats: list[dict[str, float]]) -> dict[str, float | int]:

@@ -82,6 +82,8 @@ class Workers(Protocol):
 
     def forget_user(self, user_id: str) -> None: ...
 
+    def close(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class TrainReport:

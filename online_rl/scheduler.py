@@ -4,7 +4,10 @@ A user is queued when they have made `events_per_round` clicks since their last 
 a periodic sweep queues anyone with at least one click the event trigger has not covered. Each
 user has one job id (`train-<user id>`), `max_instances=1` and `coalesce=True`, and rounds run
 in a single worker thread: on 2 cores two rounds at once would only slow each other and chat.
-Clicks that arrive while the user's round runs are counted again when it finishes.
+Clicks that arrive while the user's round runs are counted again when it finishes. A round
+that fails (an error, a lost Ray actor) uses up no clicks: they are counted from the last
+round that did not fail, and the next click or sweep queues the user again (not at once, so a
+failing round does not loop).
 
 The scheduler knows the store (each thread reads through its own connection) and a function
 that runs one user's round, nothing else (the facade hands it `lambda user_id:
@@ -86,7 +89,7 @@ class TrainingScheduler:
 
     def _new_events(self, user_id: str) -> int:
         db = self.store.db
-        last = records.last_training_run(db, user_id)
+        last = records.last_counted_run(db, user_id)
         return records.feedback_events_since(db, user_id, last["started"] if last else None)
 
     def notify(self, user_id: str) -> bool:
@@ -126,8 +129,9 @@ class TrainingScheduler:
             self._state[user_id] = "running"
         try:
             self.run_round(user_id)
-        except Exception:
+        except Exception:  # its clicks stay new: the next click or sweep queues it again
             log.exception("user %s: training round failed", user_id)
+            return
         finally:
             with self._lock:
                 self._state.pop(user_id, None)

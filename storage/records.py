@@ -472,6 +472,18 @@ def last_training_run(db: Database, user_id: str) -> Row | None:
     )
 
 
+def last_counted_run(db: Database, user_id: str) -> Row | None:
+    """The user's latest run that did not fail (running, or ended with an outcome): clicks
+    after its start are new. A failed run (an error, a lost Ray actor, a process that died)
+    learned nothing, so the clicks before it stay new for the next round."""
+    return _first(
+        db,
+        "select * from training_runs where user_id = ? and outcome != 'failed' "
+        "order by started desc limit 1",
+        [user_id],
+    )
+
+
 def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
     """Clicks (thumbs, changes of mind, A/B choices) the user made after `since`, in
     conversations that teach."""
@@ -491,9 +503,10 @@ def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
 
 def users_with_feedback_since_last_run(db: Database) -> list[str]:
     """Ids of users, learning not paused, who clicked anything in a conversation that teaches
-    after the start of their latest training run."""
+    after the start of their latest training run that did not fail (`last_counted_run`)."""
     sql = f"""
-    with last as (select user_id, max(started) as started from training_runs group by user_id)
+    with last as (select user_id, max(started) as started from training_runs
+                  where outcome != 'failed' group by user_id)
     select u.id from users u left join last on last.user_id = u.id
     where not u.learning_paused and (
         exists (select 1 from {TEACHING_THUMBS}

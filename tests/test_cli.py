@@ -121,6 +121,8 @@ def test_passwd_sets_a_new_password(
         (["--max-new-tokens", "2000"], "max_new_tokens must be at most"),
         (["--temperature", "0"], "temperature must be above 0"),
         (["--refresh-seconds", "0"], "refresh_seconds must be > 0"),
+        (["--ray-actors", "2"], "--ray-actors needs --ray ADDRESS"),
+        (["--ray", "local", "--ray-actors", "0"], "at least one actor"),
     ],
 )
 def test_serve_refuses_bad_settings_before_it_starts(
@@ -146,6 +148,9 @@ def test_serve_flags_reach_the_config(tmp_path: Path, monkeypatch: pytest.Monkey
     (config,) = started
     assert (config.port, config.refresh_seconds, config.background) == (8123, 9.5, False)
     assert config.max_new_tokens == ServeConfig().max_new_tokens  # left out: the default
+    assert config.ray is None  # rounds in the serving process unless --ray is given
+    assert main(["serve", "--ray", "local", "--ray-actors", "2", "--data-dir", str(tmp_path)]) == 0
+    assert (started[-1].ray.address, started[-1].ray.actors) == ("local", 2)
 
 
 def test_the_core_cli_does_not_import_the_web_app() -> None:

@@ -155,3 +155,28 @@ def test_closing_runs_only_the_round_in_progress_not_the_queued_ones(
     closing.join(60)
     assert not closing.is_alive()
     assert len(ran) == 1  # the round in progress finished; the two queued never started
+
+
+def test_a_failed_round_uses_up_no_clicks_and_is_not_retried_at_once(
+    background: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real round fails (its model pass raises): the run is recorded failed, the user is not
+    queued again straight away (a failing round must not loop), and their clicks stay new, so
+    the sweep queues them again and the next round, which works, goes live."""
+    from online_rl import reward
+
+    real_features = reward.features
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a model pass failed")
+
+    monkeypatch.setattr(reward, "features", broken)
+    give_feedback(background, "alice", prompts=2)  # six clicks queue a round
+    wait_for(lambda: [r["outcome"] for r in background.trends("alice")] == ["failed"])
+    wait_for(lambda: background.training_state("alice") is None)
+    time.sleep(0.5)
+    assert [r["outcome"] for r in background.trends("alice")] == ["failed"]  # not retried
+    monkeypatch.setattr(reward, "features", real_features)
+    assert background.scheduler is not None
+    background.scheduler.sweep()  # the six clicks are still new
+    wait_for(lambda: [r["outcome"] for r in background.trends("alice")] == ["failed", "accepted"])

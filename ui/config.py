@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant import HARMFUL_REASON, MAX_TEMPERATURE, ChatConfig, InvalidInput, ModelConfig
+from assistant import (
+    HARMFUL_REASON,
+    MAX_TEMPERATURE,
+    ChatConfig,
+    InvalidInput,
+    ModelConfig,
+    RayConfig,
+)
 
 DEFAULT_REASONS = (
     "helpful",
@@ -44,6 +51,8 @@ class ServeConfig:
         of a comparison the same), so a bad value stops the server instead of every chat.
     refresh_seconds: how often the "Your assistant" panel and the operator dashboard refresh.
     background: run the training scheduler in this process (rounds start as users click).
+    ray: compute the rounds on a pool of Ray actors (`RayConfig`: a cluster's address or
+        "local", how many actors) instead of in this process; None: in this process.
     demo_accounts: on first start with an empty database, create `demo` and `operator` with
         random passwords and print them once (what `make run` does).
     reasons: the preset reasons offered next to thumbs (free text is accepted too).
@@ -59,6 +68,7 @@ class ServeConfig:
     temperature: float = 0.7
     refresh_seconds: float = 5.0
     background: bool = True
+    ray: RayConfig | None = None
     demo_accounts: bool = False
     reasons: tuple[str, ...] = DEFAULT_REASONS
 

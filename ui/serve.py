@@ -39,6 +39,7 @@ def open_assistant(config: ServeConfig) -> Assistant:
         model_cache=config.model.cache_dir,
         chat=ChatConfig(max_message_chars=config.max_message_chars),
         background=config.background,
+        ray=config.ray,
     )
 
 
