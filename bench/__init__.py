@@ -28,6 +28,7 @@ BENCHMARKS = {
     "oracle": "bench.oracle",
     "round-sampling": "bench.round_sampling",
     "overview": "bench.overview",
+    "cluster": "bench.cluster",
 }
 
 

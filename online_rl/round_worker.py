@@ -256,6 +256,7 @@ class RoundWorker:
             base_texts = self._base_texts(inputs, measure)
             change = measure.pairs.change(inputs.heldout_texts, base_texts)
             laps.lap("base replies")
+        candidate = self._candidate_files(user_reward)
         metrics = {
             **inputs.counts,
             **reward_metrics,
@@ -269,9 +270,10 @@ class RoundWorker:
             "resumable": decision.resumable,
             "computed_by": computed_here(),
             **{f"seconds_{k}": v for k, v in laps.seconds.items()},
+            "seconds_worker": round(time.monotonic() - started, 2),
         }
         return RoundResult(
-            candidate=self._candidate_files(user_reward),
+            candidate=candidate,
             accept=decision.accept,
             reason=decision.reason,
             reward_before=measure.reward_before,

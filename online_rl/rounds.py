@@ -242,13 +242,22 @@ class Trainer:
             log.info("user %s: pruned the folders of versions %s", user_id, pruned)
 
     def _round(self, user_id: str, started: float, run_id: str) -> TrainReport:
-        inputs = self._gather(user_id)
+        inputs = self.gather(user_id)
         if isinstance(inputs, TrainReport):
             return inputs
-        return self._publish(user_id, run_id, started, inputs, self._compute(inputs))
+        gathered = time.monotonic()
+        result = self._compute(inputs)
+        # in this process the call is the worker's own time; on Ray it adds the trip there
+        # and back (inputs and candidate serialised, sent, deserialised) and any wait for a
+        # free actor
+        seconds = {
+            "seconds_gather": round(gathered - started, 2),
+            "seconds_compute": round(time.monotonic() - gathered, 2),
+        }
+        return self._publish(user_id, run_id, started, inputs, result, seconds)
 
-    def _gather(self, user_id: str) -> RoundInputs | TrainReport:
-        """The round's inputs, or why it is skipped."""
+    def gather(self, user_id: str) -> RoundInputs | TrainReport:
+        """What a round of the user would be handed now, or why it is skipped."""
         cfg, rc, db = self.config, self.config.round, self.context.store.db
         if records.learning_paused(db, user_id):  # paused after the round was queued
             return skipped("learning is paused: the user turned it off", {})
@@ -320,6 +329,7 @@ class Trainer:
         started: float,
         inputs: RoundInputs,
         result: RoundResult,
+        seconds: dict[str, float],
     ) -> TrainReport:
         """Store what the round learned beside the candidate (liked samples, the base's
         red-team baseline), write the candidate's folder, and make it live if accepted."""
@@ -329,7 +339,7 @@ class Trainer:
                 db, self.red_team_key, base.source, result.red_team_baseline
             )
         self.liked_pool.add(user_id, result.liked)
-        metrics = {**result.metrics, "liked_pool": self.liked_pool.count(user_id)}
+        metrics = {**result.metrics, **seconds, "liked_pool": self.liked_pool.count(user_id)}
         version, path = write_candidate(
             db,
             self.context.adapters_dir,
