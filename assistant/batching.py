@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +136,7 @@ class DecodeBatcher:
         self._adapters_changed = True
         self._idle = threading.Event()  # set while no reply is being written or waiting
         self._idle.set()
+        self._busy_listeners: list[Callable[[bool], None]] = []
 
     # the callers' side ------------------------------------------------------------------------
 
@@ -153,7 +154,9 @@ class DecodeBatcher:
             if self._closed:
                 raise BatcherClosed("the assistant is closing")
             self._waiting.append(group)
-            self._idle.clear()
+            if self._idle.is_set():
+                self._idle.clear()
+                self._tell(busy=True)
             self._start()
             self._wake.notify()
         try:
@@ -166,6 +169,20 @@ class DecodeBatcher:
                 yield item, group.versions
         finally:
             group.cancelled.set()
+
+    def on_busy_change(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(True)` when a reply starts being written after none was, and
+        `listener(False)` when the last one ends: a round in another process pauses on it
+        (chat first across processes). Called under the batcher's lock, in order: a listener
+        must return at once."""
+        self._busy_listeners.append(listener)
+
+    def _tell(self, busy: bool) -> None:
+        for listener in self._busy_listeners:
+            try:
+                listener(busy)
+            except Exception:  # a listener's failure never stops a reply
+                log.exception("a busy-change listener failed")
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Block until no reply is being written or waiting (True), or `timeout` seconds have
@@ -192,7 +209,9 @@ class DecodeBatcher:
         while True:
             with self._wake:
                 while not self._closed and not self._waiting and not batch.groups:
-                    self._idle.set()
+                    if not self._idle.is_set():
+                        self._idle.set()
+                        self._tell(busy=False)
                     self._wake.wait()
                 if self._closed:
                     self._fail(batch.groups + list(self._waiting), BatcherClosed("closing"))

@@ -221,9 +221,9 @@ class AssistantConfig:
     hot_adapters: int = 16  # LoRA adapters kept in memory; the rest wait on disk
     # replies decoded together at most (continuous batching, assistant.batching); more wait
     batch_rows: int = 16
-    # chat first: a training round in this process waits, between its steps, while a reply is
-    # being written, at most this long per step (0: it never waits); a round gets slower, a
-    # chat does not
+    # chat first: a training round in this process, or on a Ray actor on this machine, waits
+    # between its steps while a reply is being written, at most this long per step (0: it
+    # never waits); a round gets slower, a chat does not
     round_waits_for_chat_s: float = 5.0
     # where rounds are computed: None in this process (one at a time), else a pool of Ray
     # actors (`online_rl.ray_rounds`)

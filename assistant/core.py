@@ -147,6 +147,7 @@ class AssistantCore:
         from online_rl.rounds import RoundContext, Trainer
 
         base, adapters = self.base, self.adapters  # each takes the load lock itself
+        made: Trainer | None = None
         with self._load_lock:
             if self._trainer is None:
                 training = self._training_config or TrainingConfig()
@@ -160,8 +161,10 @@ class AssistantCore:
                     serving_version=adapters.usable_version,
                     between_steps=self._chat_first,
                 )
-                self._trainer = Trainer(context, training, self._ray_workers(training))
-            return self._trainer
+                made = self._trainer = Trainer(context, training, self._ray_workers(training))
+        if made is not None and made.workers is not None:  # chat first, across processes
+            self.batcher.on_busy_change(made.workers.chat_busy)
+        return self._trainer
 
     def _ray_workers(self, training: TrainingConfig) -> RayWorkers | None:
         """The Ray actors rounds are computed on, if the config names a Ray cluster."""
@@ -177,6 +180,7 @@ class AssistantCore:
             c.chat.system_prompt,
             c.chat.context_tokens,
             training,
+            chat_first_s=c.round_waits_for_chat_s,
         )
 
     @classmethod

@@ -39,7 +39,13 @@ class RoundLost(RuntimeError):
 
 
 class RoundActor:
-    """One Ray actor: the base model, loaded once, and a worker that computes rounds."""
+    """One Ray actor: the base model, loaded once, and a worker that computes rounds.
+
+    Chat first across processes: on the serving node's machine, a round waits between its
+    steps while the serving process writes a reply (`chat`, told by the serving node's
+    batcher), at most `chat_first_s` a step, as a round in the serving process does. On other
+    machines it never waits: it shares no cores with chat. The actor runs two threads (Ray's
+    `max_concurrency`), so `chat` arrives while `run` computes."""
 
     def __init__(
         self,
@@ -49,7 +55,11 @@ class RoundActor:
         context_tokens: int,
         config: TrainingConfig,
         threads: int,
+        serving_node: str,
+        chat_first_s: float,
     ):
+        import ray
+
         from assistant.model import load
 
         torch.set_num_threads(threads)
@@ -57,10 +67,37 @@ class RoundActor:
         prompting = prompting_for(
             base.tokenizer, system_prompt, context_tokens, config.ppo.max_new_tokens
         )
-        self.worker = RoundWorker(base, prompting, config)
+        self.beside_chat = ray.get_runtime_context().get_node_id() == serving_node
+        self.chat_first_s = chat_first_s
+        self._chat_idle = threading.Event()
+        self._chat_idle.set()
+        self._chat_told = 0  # the newest `chat` message applied (threads may reorder them)
+        self._chat_lock = threading.Lock()
+        self.worker = RoundWorker(base, prompting, config, self._chat_first)
 
     def run(self, inputs: RoundInputs) -> RoundResult:
         return self.worker.run(inputs)
+
+    def chat(self, number: int, busy: bool) -> None:
+        """The serving process started (busy) or stopped writing replies; `number` orders the
+        messages."""
+        with self._chat_lock:
+            if number <= self._chat_told:
+                return
+            self._chat_told = number
+            if busy and self.beside_chat:
+                self._chat_idle.clear()
+            else:
+                self._chat_idle.set()
+
+    def chat_state(self) -> tuple[int, bool]:
+        """(the newest message applied, whether rounds go on now)."""
+        with self._chat_lock:
+            return self._chat_told, self._chat_idle.is_set()
+
+    def _chat_first(self) -> None:
+        if self.chat_first_s > 0:
+            self._chat_idle.wait(self.chat_first_s)
 
     def forget_user(self, user_id: str) -> None:
         self.worker.forget_user(user_id)
@@ -81,7 +118,10 @@ class RayWorkers:
         system_prompt: str,
         context_tokens: int,
         config: TrainingConfig,
+        chat_first_s: float = 0.0,
     ):
+        """chat_first_s: an actor on this machine waits at most this long per step while a
+        reply is being written here (`chat_busy`); 0: never."""
         import ray
 
         self.ray_config = ray_config
@@ -94,9 +134,15 @@ class RayWorkers:
                 log_to_driver=False,
             )
         threads = ray_config.cpus_per_actor
-        self._actor_class = ray.remote(num_cpus=threads, max_restarts=0)(RoundActor)
-        self._arguments = (model, cache_dir, system_prompt, context_tokens, config, threads)
+        remote = ray.remote(num_cpus=threads, max_restarts=0, max_concurrency=2)
+        self._actor_class = remote(RoundActor)
+        here = ray.get_runtime_context().get_node_id()
+        self._arguments = (
+            *(model, cache_dir, system_prompt, context_tokens, config, threads),
+            *(here, chat_first_s),
+        )
         self._lock = threading.Lock()
+        self._chat_messages = 0
         self._actors: list[Any] = []
         self._idle: queue.Queue[Any] = queue.Queue()
         for _ in range(ray_config.actors):
@@ -139,6 +185,15 @@ class RayWorkers:
             raise RoundLost(f"the round was not back from its Ray actor in {limit:g} s") from e
         finally:
             self._idle.put(actor)
+
+    def chat_busy(self, busy: bool) -> None:
+        """Tell every actor that this process started (True) or stopped writing replies; those
+        on this machine pause their rounds meanwhile. Returns at once."""
+        with self._lock:
+            self._chat_messages += 1
+            number, actors = self._chat_messages, list(self._actors)
+        for actor in actors:
+            actor.chat.remote(number, busy)
 
     def forget_user(self, user_id: str) -> None:
         """Every actor drops what it holds in memory for the user (after its current round)."""

@@ -108,6 +108,14 @@ def test_a_round_computed_by_a_ray_actor_goes_live(
         folder = adapter_files.version_dir(asst.config.adapters_dir, alice, 1)
         assert problems(folder) == []  # a plain PEFT adapter, as every version
         assert asst.chat("alice", "hello", **SHORT).adapter_version == 1
+        # chat first across processes: the actor heard each reply start and end
+        (actor,) = asst.trainer.workers.actors()
+        told = lambda: ray.get(actor.chat_state.remote())  # noqa: E731
+        deadline = time.monotonic() + 30
+        while told()[0] < 2 or not told()[1]:
+            assert time.monotonic() < deadline, told()
+            time.sleep(0.05)
+        assert told()[0] % 2 == 0  # busy, idle, busy, idle ...: it ends idle, rounds go on
         # the actor's liked samples and the base's red-team baseline are stored here
         assert asst.store.db["red_team_baselines"].count == 1
 
