@@ -9,8 +9,9 @@ phases (a person reading the reply), in which the round goes on. Reported per ph
 first token and whole-reply seconds, median and p95, and the round steps done per second.
 
 With `--ray-cpus N` the rounds run instead on one Ray actor (a local Ray, the actor holding N
-of the machine's cores; `online_rl.ray_rounds`), another process: the phases are then "idle"
-and "training on a Ray actor" (the actor's steps are not counted).
+of the machine's cores; `online_rl.ray_rounds`), another process: the phases are then "idle",
+"training on a Ray actor, chat first" (the default: the actor waits between its steps while a
+reply is written here) and "..., round not waiting" (the actor's steps are not counted).
 """
 
 from __future__ import annotations
@@ -134,7 +135,10 @@ def on_ray_actor(asst: Assistant, measure: Callable[[str, float], None], gap: fl
     worker = threading.Thread(target=train_loop, daemon=True)
     worker.start()
     time.sleep(5)  # past gathering: the actor computes
-    measure("training on a Ray actor", gap)
+    measure("training on a Ray actor, chat first", gap)
+    # a last "idle" message numbered past any the batcher will send: the actor stops waiting
+    ray.get([a.chat.remote(2**62, False) for a in workers.actors()])
+    measure("training on a Ray actor, round not waiting", gap)
     stop.set()
     worker.join()
     return rounds
@@ -178,7 +182,7 @@ def write_results(
         "round steps/s",
     ]
     print(report.table(headers, rows))
-    training = list(summary)[-1]
+    training = next(p for p in summary if "chat first" in p)
     ratio = summary[training]["ttft_p95"] / idle["ttft_p95"]
     print(f"p95 TTFT while training ({training}) / idle: {ratio:.2f}; rounds: {len(rounds)}")
     out = Path(opts.out)
