@@ -10,8 +10,9 @@ first token and whole-reply seconds, median and p95, and the round steps done pe
 
 With `--ray-cpus N` the rounds run instead on one Ray actor (a local Ray, the actor holding N
 of the machine's cores; `online_rl.ray_rounds`), another process: the phases are then "idle",
-"training on a Ray actor, chat first" (the default: the actor waits between its steps while a
-reply is written here) and "..., round not waiting" (the actor's steps are not counted).
+"training on a Ray actor, chat first" (the default: the actor is stopped while a reply is
+written here, `RayWorkers.chat_busy`) and "..., round not waiting" (the actor's steps are not
+counted).
 """
 
 from __future__ import annotations
@@ -136,8 +137,7 @@ def on_ray_actor(asst: Assistant, measure: Callable[[str, float], None], gap: fl
     worker.start()
     time.sleep(5)  # past gathering: the actor computes
     measure("training on a Ray actor, chat first", gap)
-    # a last "idle" message numbered past any the batcher will send: the actor stops waiting
-    ray.get([a.chat.remote(2**62, False) for a in workers.actors()])
+    workers.chat_first_s = 0.0  # replies no longer stop the actor
     measure("training on a Ray actor, round not waiting", gap)
     stop.set()
     worker.join()

@@ -18,8 +18,11 @@ the live version's files) and its result (the candidate's files, figures, liked 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,13 +42,7 @@ class RoundLost(RuntimeError):
 
 
 class RoundActor:
-    """One Ray actor: the base model, loaded once, and a worker that computes rounds.
-
-    Chat first across processes: on the serving node's machine, a round waits between its
-    steps while the serving process writes a reply (`chat`, told by the serving node's
-    batcher), at most `chat_first_s` a step, as a round in the serving process does. On other
-    machines it never waits: it shares no cores with chat. The actor runs two threads (Ray's
-    `max_concurrency`), so `chat` arrives while `run` computes."""
+    """One Ray actor: the base model, loaded once, and a worker that computes rounds."""
 
     def __init__(
         self,
@@ -55,11 +52,7 @@ class RoundActor:
         context_tokens: int,
         config: TrainingConfig,
         threads: int,
-        serving_node: str,
-        chat_first_s: float,
     ):
-        import ray
-
         from assistant.model import load
 
         torch.set_num_threads(threads)
@@ -67,37 +60,10 @@ class RoundActor:
         prompting = prompting_for(
             base.tokenizer, system_prompt, context_tokens, config.ppo.max_new_tokens
         )
-        self.beside_chat = ray.get_runtime_context().get_node_id() == serving_node
-        self.chat_first_s = chat_first_s
-        self._chat_idle = threading.Event()
-        self._chat_idle.set()
-        self._chat_told = 0  # the newest `chat` message applied (threads may reorder them)
-        self._chat_lock = threading.Lock()
-        self.worker = RoundWorker(base, prompting, config, self._chat_first)
+        self.worker = RoundWorker(base, prompting, config)
 
     def run(self, inputs: RoundInputs) -> RoundResult:
         return self.worker.run(inputs)
-
-    def chat(self, number: int, busy: bool) -> None:
-        """The serving process started (busy) or stopped writing replies; `number` orders the
-        messages."""
-        with self._chat_lock:
-            if number <= self._chat_told:
-                return
-            self._chat_told = number
-            if busy and self.beside_chat:
-                self._chat_idle.clear()
-            else:
-                self._chat_idle.set()
-
-    def chat_state(self) -> tuple[int, bool]:
-        """(the newest message applied, whether rounds go on now)."""
-        with self._chat_lock:
-            return self._chat_told, self._chat_idle.is_set()
-
-    def _chat_first(self) -> None:
-        if self.chat_first_s > 0:
-            self._chat_idle.wait(self.chat_first_s)
 
     def forget_user(self, user_id: str) -> None:
         self.worker.forget_user(user_id)
@@ -105,6 +71,12 @@ class RoundActor:
     def where(self) -> str:
         """Host and process id (answers once the model is loaded)."""
         return computed_here()
+
+    def process(self) -> tuple[str, int]:
+        """This actor's Ray node id and process id."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
 class RayWorkers:
@@ -120,8 +92,8 @@ class RayWorkers:
         config: TrainingConfig,
         chat_first_s: float = 0.0,
     ):
-        """chat_first_s: an actor on this machine waits at most this long per step while a
-        reply is being written here (`chat_busy`); 0: never."""
+        """chat_first_s: an actor on this machine is stopped while replies are written here,
+        at most this long at a time (`chat_busy`); 0: never."""
         import ray
 
         self.ray_config = ray_config
@@ -134,16 +106,15 @@ class RayWorkers:
                 log_to_driver=False,
             )
         threads = ray_config.cpus_per_actor
-        remote = ray.remote(num_cpus=threads, max_restarts=0, max_concurrency=2)
-        self._actor_class = remote(RoundActor)
-        here = ray.get_runtime_context().get_node_id()
-        self._arguments = (
-            *(model, cache_dir, system_prompt, context_tokens, config, threads),
-            *(here, chat_first_s),
-        )
+        self._actor_class = ray.remote(num_cpus=threads, max_restarts=0)(RoundActor)
+        self._arguments = (model, cache_dir, system_prompt, context_tokens, config, threads)
+        self._node = ray.get_runtime_context().get_node_id()
+        self.chat_first_s = chat_first_s
         self._lock = threading.Lock()
-        self._chat_messages = 0
         self._actors: list[Any] = []
+        self._process: dict[int, Any] = {}  # id(actor) -> its (node, pid), or the pending ref
+        self._chat_lock = threading.Lock()
+        self._chat_stretch = 0  # numbers each busy stretch, so a late timer resumes nothing
         self._idle: queue.Queue[Any] = queue.Queue()
         for _ in range(ray_config.actors):
             self._idle.put(self._new_actor())
@@ -152,6 +123,7 @@ class RayWorkers:
         actor = self._actor_class.remote(*self._arguments)  # loads the model in the background
         with self._lock:
             self._actors.append(actor)
+            self._process[id(actor)] = actor.process.remote()
         return actor
 
     def _replace(self, actor: Any) -> Any:
@@ -159,6 +131,7 @@ class RayWorkers:
 
         with self._lock:
             self._actors = [a for a in self._actors if a is not actor]
+            self._process.pop(id(actor), None)
         ray.kill(actor, no_restart=True)
         return self._new_actor()
 
@@ -187,13 +160,50 @@ class RayWorkers:
             self._idle.put(actor)
 
     def chat_busy(self, busy: bool) -> None:
-        """Tell every actor that this process started (True) or stopped writing replies; those
-        on this machine pause their rounds meanwhile. Returns at once."""
+        """Chat first across processes: while this process writes replies, the actors on this
+        machine are stopped (SIGSTOP) and go on (SIGCONT) when the last reply ends, or after
+        `chat_first_s` of replies without a pause, so a round is slowed, never starved. A stop
+        takes effect at once, in the middle of a step: a round's steps (a DPO or PPO
+        minibatch's backward pass) take seconds, longer than a reply, so waiting for the next
+        step boundary would not spare the reply. Actors on other machines share no cores with
+        chat and are never stopped. Returns at once (called under the batcher's lock)."""
+        if self.chat_first_s <= 0:
+            return
+        with self._chat_lock:
+            self._chat_stretch += 1
+            stretch = self._chat_stretch
+            self._signal(signal.SIGSTOP if busy else signal.SIGCONT)
+        if busy:
+            timer = threading.Timer(self.chat_first_s, self._resume, [stretch])
+            timer.daemon = True
+            timer.start()
+
+    def _resume(self, stretch: int) -> None:
+        with self._chat_lock:
+            if stretch == self._chat_stretch:  # still the same busy stretch
+                self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        for pid in self.local_pids():
+            with contextlib.suppress(ProcessLookupError):  # died meanwhile: `run` replaces it
+                os.kill(pid, sig)
+
+    def local_pids(self) -> list[int]:
+        """Process ids of the pool's actors on this machine (those that have started)."""
+        import ray
+
         with self._lock:
-            self._chat_messages += 1
-            number, actors = self._chat_messages, list(self._actors)
-        for actor in actors:
-            actor.chat.remote(number, busy)
+            pending = [ref for ref in self._process.values() if isinstance(ref, ray.ObjectRef)]
+        if pending:
+            ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+            answers = dict(zip(map(id, ready), ray.get(ready), strict=True))
+            with self._lock:
+                for key, ref in list(self._process.items()):
+                    if id(ref) in answers:
+                        self._process[key] = answers[id(ref)]
+        with self._lock:
+            known = [p for p in self._process.values() if isinstance(p, tuple)]
+        return [pid for node, pid in known if node == self._node]
 
     def forget_user(self, user_id: str) -> None:
         """Every actor drops what it holds in memory for the user (after its current round)."""
@@ -206,6 +216,7 @@ class RayWorkers:
 
         if not ray.is_initialized():
             return
+        self._signal(signal.SIGCONT)  # none stays stopped
         for actor in self.actors():
             ray.kill(actor, no_restart=True)
         if self.started_ray:

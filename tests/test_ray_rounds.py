@@ -108,16 +108,39 @@ def test_a_round_computed_by_a_ray_actor_goes_live(
         folder = adapter_files.version_dir(asst.config.adapters_dir, alice, 1)
         assert problems(folder) == []  # a plain PEFT adapter, as every version
         assert asst.chat("alice", "hello", **SHORT).adapter_version == 1
-        # chat first across processes: the actor heard each reply start and end
-        (actor,) = asst.trainer.workers.actors()
-        told = lambda: ray.get(actor.chat_state.remote())  # noqa: E731
-        deadline = time.monotonic() + 30
-        while told()[0] < 2 or not told()[1]:
-            assert time.monotonic() < deadline, told()
-            time.sleep(0.05)
-        assert told()[0] % 2 == 0  # busy, idle, busy, idle ...: it ends idle, rounds go on
-        # the actor's liked samples and the base's red-team baseline are stored here
+        # the base's red-team baseline the actor sampled is stored here, the only writer
         assert asst.store.db["red_team_baselines"].count == 1
+
+
+def process_state(pid: int) -> str:
+    """R running, S sleeping, T stopped (/proc/PID/stat's third field)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_replies_stop_a_local_actor_and_it_goes_on_after(
+    local_ray: None, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Chat first across processes: while the serving process writes a reply, the actors on
+    this machine are stopped (the OS's SIGSTOP, mid-step), and they go on when it ends, or
+    after `chat_first_s` of replies without a pause."""
+    with open_on_ray(tmp_path, tiny_model_dir, actors=1) as asst:
+        asst.add_user("alice")
+        actors_ready(asst)
+        workers = asst.trainer.workers
+        deadline = time.monotonic() + 30
+        while not workers.local_pids():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (pid,) = workers.local_pids()
+        seen = [process_state(pid) for _ in asst.chat_stream("alice", "hello", **SHORT)]
+        assert "T" in seen  # stopped while the reply was written
+        time.sleep(0.2)
+        assert process_state(pid) != "T"  # and going on once it ended
+        workers.chat_first_s = 0.5
+        workers.chat_busy(True)  # a stretch of replies that does not end
+        assert process_state(pid) == "T"
+        time.sleep(1.5)
+        assert process_state(pid) != "T"  # resumed after chat_first_s: slowed, never starved
 
 
 def test_an_actor_killed_mid_round_fails_the_run_and_leaves_live_serving(
