@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from assistant.model import LoadedModel
+from assistant.threads import in_fresh_thread
 from online_rl import pairs, reward
 from online_rl.config import TrainingConfig
 from online_rl.gate_measure import red_team_baseline_key
@@ -244,7 +245,10 @@ class Trainer:
             log.info("user %s: pruned the folders of versions %s", user_id, pruned)
 
     def _round(self, user_id: str, started: float, run_id: str) -> TrainReport:
-        inputs = self.gather(user_id)
+        if self.workers is None:
+            inputs = self.gather(user_id)
+        else:  # this thread waits out the round beside decoding: it must own no OpenMP team
+            inputs = in_fresh_thread(self._gather_in_own_thread, user_id)
         if isinstance(inputs, TrainReport):
             return inputs
         gathered = time.monotonic()
@@ -257,6 +261,14 @@ class Trainer:
             "seconds_compute": round(time.monotonic() - gathered, 2),
         }
         return self._publish(user_id, run_id, started, inputs, result, seconds)
+
+    def _gather_in_own_thread(self, user_id: str) -> RoundInputs | TrainReport:
+        """`gather` in a thread that ends with it, taking along the OpenMP team its feature
+        passes start (`assistant.threads`) and its database connection."""
+        try:
+            return self.gather(user_id)
+        finally:
+            self.context.store.close()
 
     def gather(self, user_id: str) -> RoundInputs | TrainReport:
         """What a round of the user would be handed now, or why it is skipped."""
