@@ -90,18 +90,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         done[0] += 1
 
     policy.between_steps = counted
-    stop = threading.Event()
-    rounds: list[float] = []
-
-    def train_loop() -> None:
-        while not stop.is_set():
-            t = time.perf_counter()
-            asst.train("trainee")
-            rounds.append(time.perf_counter() - t)
-
-    worker = threading.Thread(target=train_loop, daemon=True)
-    worker.start()
-    time.sleep(5)  # let the round get past its set-up into sampling and PPO
+    stop, rounds, worker = rounds_back_to_back(asst)
     default_wait = asst.config.round_waits_for_chat_s
     for phase, wait in [
         ("training, round not waiting", 0.0),
@@ -117,13 +106,9 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     return write_results(asst, opts, options, phases, steps, rounds)
 
 
-def on_ray_actor(asst: Assistant, measure: Callable[[str, float], None], gap: float) -> list[float]:
-    """The training phase with rounds on the Ray actor, back to back; their seconds."""
-    import ray
-
-    workers = asst.trainer.workers
-    assert workers is not None
-    ray.get([a.where.remote() for a in workers.actors()])  # the actor has loaded the model
+def rounds_back_to_back(asst: Assistant) -> tuple[threading.Event, list[float], threading.Thread]:
+    """Trainee's rounds one after another in a thread until the event is set, each one's
+    seconds in the list; returns once the first round is past its set-up."""
     stop = threading.Event()
     rounds: list[float] = []
 
@@ -135,7 +120,18 @@ def on_ray_actor(asst: Assistant, measure: Callable[[str, float], None], gap: fl
 
     worker = threading.Thread(target=train_loop, daemon=True)
     worker.start()
-    time.sleep(5)  # past gathering: the actor computes
+    time.sleep(5)  # past gathering and set-up: sampling and updates run
+    return stop, rounds, worker
+
+
+def on_ray_actor(asst: Assistant, measure: Callable[[str, float], None], gap: float) -> list[float]:
+    """The training phase with rounds on the Ray actor, back to back; their seconds."""
+    import ray
+
+    workers = asst.trainer.workers
+    assert workers is not None
+    ray.get([a.where.remote() for a in workers.actors()])  # the actor has loaded the model
+    stop, rounds, worker = rounds_back_to_back(asst)
     measure("training on a Ray actor, chat first", gap)
     workers.chat_first_s = 0.0  # replies no longer stop the actor
     measure("training on a Ray actor, round not waiting", gap)

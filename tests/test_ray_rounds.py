@@ -92,6 +92,17 @@ def wait_for_running_round(asst: Assistant, user: str) -> None:
     raise AssertionError("the round never started")
 
 
+def second_round_in_flight(asst: Assistant, user: str) -> tuple[threading.Thread, list]:
+    """v1 live, more clicks, and a second round started: its actor is computing it."""
+    actors_ready(asst)
+    give_feedback(asst, user)
+    assert asst.train(user).accepted  # v1 live
+    give_feedback(asst, user, prompts=2)
+    thread, out = train_in_thread(asst, user)
+    wait_for_running_round(asst, user)
+    return thread, out
+
+
 def test_a_round_computed_by_a_ray_actor_goes_live(
     local_ray: None, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -148,12 +159,7 @@ def test_an_actor_killed_mid_round_fails_the_run_and_leaves_live_serving(
 ) -> None:
     with open_on_ray(tmp_path, tiny_model_dir, actors=1, seconds=ROUND_SECONDS) as asst:
         alice = asst.add_user("alice").id
-        actors_ready(asst)
-        give_feedback(asst, "alice")
-        assert asst.train("alice").accepted  # v1 live
-        give_feedback(asst, "alice", prompts=2)
-        thread, out = train_in_thread(asst, "alice")
-        wait_for_running_round(asst, "alice")
+        thread, out = second_round_in_flight(asst, "alice")
         (actor,) = asst.trainer.workers.actors()
         ray.kill(actor, no_restart=True)
         thread.join(120)
@@ -202,12 +208,7 @@ def test_a_result_that_arrives_after_a_rollback_or_a_deletion_is_not_applied(
 ) -> None:
     with open_on_ray(tmp_path, tiny_model_dir, actors=1, seconds=ROUND_SECONDS) as asst:
         alice = asst.add_user("alice").id
-        actors_ready(asst)
-        give_feedback(asst, "alice")
-        assert asst.train("alice").accepted  # v1 live
-        give_feedback(asst, "alice", prompts=2)
-        thread, out = train_in_thread(asst, "alice")
-        wait_for_running_round(asst, "alice")
+        thread, out = second_round_in_flight(asst, "alice")
         if meanwhile == "rollback":
             asst.rollback("alice", 0)
         else:
