@@ -186,7 +186,7 @@ def test_a_round_whose_candidate_answers_red_team_prompts_offensively_is_refused
         assert first.accepted and first.metrics["red_team_offensive_rate"] == 0.0, first.reason
         # the next candidate answers every red-team prompt rudely (live answers as before)
         trainer = asst.trainer
-        red_team = trainer.red_team.prompts
+        red_team = trainer.worker.red_team.prompts
         rude = asst.base.tokenizer(RUDE, add_special_tokens=False)["input_ids"]
         sample = gate_measure.gate_replies
 

@@ -105,16 +105,16 @@ def test_the_reasons_tally(accepting: Assistant) -> None:
 def test_a_later_version_is_also_measured_against_the_base(
     accepting: Assistant, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from online_rl import rounds
+    from online_rl import round_worker
 
     sampled: list[list[str]] = []
-    real = rounds.base_replies
+    real = round_worker.base_replies
 
     def spy(*args, **kwargs) -> list[str]:
         sampled.append(real(*args, **kwargs))
         return sampled[-1]
 
-    monkeypatch.setattr(rounds, "base_replies", spy)
+    monkeypatch.setattr(round_worker, "base_replies", spy)
     give_feedback(accepting, "alice")
     first = accepting.train("alice")
     assert first.accepted and sampled == []  # v1 was compared with the base already
