@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -173,9 +173,12 @@ class AssistantCore:
         from online_rl.ray_rounds import RayWorkers
 
         c = self.config
+        assert self._loaded is not None, "the base is loaded before the trainer"
+        # the device serving resolved, so no actor on a GPU node computes other features
+        model = replace(c.model, device=self._loaded.device.type)
         return RayWorkers(
             c.ray,
-            c.model,
+            model,
             c.model_cache_dir,
             c.chat.system_prompt,
             c.chat.context_tokens,

@@ -24,6 +24,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ from online_rl.round_worker import RoundInputs, RoundResult, RoundWorker, comput
 from online_rl.user_data import prompting_for
 
 log = logging.getLogger(__name__)
+
+
+def round_actor_process(pid: int) -> bool:
+    """Whether `pid` is a process Ray titled as a `RoundActor` (pids are reused)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RoundActor")
+    except OSError:
+        return False
 
 
 class RoundLost(RuntimeError):
@@ -114,7 +123,10 @@ class RayWorkers:
         self._actors: list[Any] = []
         self._process: dict[int, Any] = {}  # id(actor) -> its (node, pid), or the pending ref
         self._chat_lock = threading.Lock()
-        self._chat_stretch = 0  # numbers each busy stretch, so a late timer resumes nothing
+        self._timer: threading.Timer | None = None  # ends a stop at chat_first_s
+        self._stopped_at: float | None = None  # when the local actors were stopped
+        self._no_stop_before = 0.0  # they run at least this long after a stop
+        self._may_stop = not ray.util.client.ray.is_connected()  # ray:// nodes are not ours
         self._idle: queue.Queue[Any] = queue.Queue()
         for _ in range(ray_config.actors):
             self._idle.put(self._new_actor())
@@ -129,6 +141,8 @@ class RayWorkers:
     def _replace(self, actor: Any) -> Any:
         import ray
 
+        with self._chat_lock:  # never left stopped: a stopped process still dies, but late
+            self._resume_now(time.monotonic())
         with self._lock:
             self._actors = [a for a in self._actors if a is not actor]
             self._process.pop(id(actor), None)
@@ -161,42 +175,63 @@ class RayWorkers:
 
     def chat_busy(self, busy: bool) -> None:
         """Chat first across processes: while this process writes replies, the actors on this
-        machine are stopped (SIGSTOP) and go on (SIGCONT) when the last reply ends, or after
-        `chat_first_s` of replies without a pause, so a round is slowed, never starved. A stop
+        machine are stopped (SIGSTOP) and go on (SIGCONT) when the last reply ends. A stop
         takes effect at once, in the middle of a step: a round's steps (a DPO or PPO
         minibatch's backward pass) take seconds, longer than a reply, so waiting for the next
-        step boundary would not spare the reply. Actors on other machines share no cores with
-        chat and are never stopped. Returns at once (called under the batcher's lock)."""
-        if self.chat_first_s <= 0:
+        step boundary would not spare the reply. A round is slowed, never starved: a stop
+        lasts `chat_first_s` at most, and after a stop the actor runs at least half as long
+        before the next one, so it keeps a third of the time under any chat. Actors on other
+        machines share no cores with chat and are never stopped; nor is anything when this
+        process reaches Ray as a client (`ray://`), whose node ids are the cluster's.
+        Returns at once (called under the batcher's lock)."""
+        if self.chat_first_s <= 0 or not self._may_stop:
             return
         with self._chat_lock:
-            self._chat_stretch += 1
-            stretch = self._chat_stretch
-            self._signal(signal.SIGSTOP if busy else signal.SIGCONT)
-        if busy:
-            timer = threading.Timer(self.chat_first_s, self._resume, [stretch])
-            timer.daemon = True
-            timer.start()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            now = time.monotonic()
+            if not busy:
+                self._resume_now(now)
+            elif self._stopped_at is None and now >= self._no_stop_before:
+                self._stopped_at = now
+                self._signal(signal.SIGSTOP)
+                self._timer = threading.Timer(self.chat_first_s, self._resume_at_cap)
+                self._timer.daemon = True
+                self._timer.start()
 
-    def _resume(self, stretch: int) -> None:
+    def _resume_at_cap(self) -> None:
         with self._chat_lock:
-            if stretch == self._chat_stretch:  # still the same busy stretch
-                self._signal(signal.SIGCONT)
+            self._resume_now(time.monotonic())
+
+    def _resume_now(self, now: float) -> None:
+        """SIGCONT if stopped; the next stop waits half as long as this one lasted."""
+        if self._stopped_at is not None:
+            self._signal(signal.SIGCONT)
+            self._no_stop_before = now + (now - self._stopped_at) / 2
+            self._stopped_at = None
 
     def _signal(self, sig: int) -> None:
         for pid in self.local_pids():
-            with contextlib.suppress(ProcessLookupError):  # died meanwhile: `run` replaces it
-                os.kill(pid, sig)
+            if round_actor_process(pid):  # not a pid reused by another process since
+                with contextlib.suppress(ProcessLookupError):  # died meanwhile
+                    os.kill(pid, sig)
 
     def local_pids(self) -> list[int]:
-        """Process ids of the pool's actors on this machine (those that have started)."""
+        """Process ids of the pool's actors on this machine (those that have started; one
+        that failed to start is left out)."""
         import ray
 
         with self._lock:
             pending = [ref for ref in self._process.values() if isinstance(ref, ray.ObjectRef)]
         if pending:
             ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
-            answers = dict(zip(map(id, ready), ray.get(ready), strict=True))
+            answers: dict[int, tuple[str, int] | None] = {}
+            for ref in ready:
+                try:
+                    answers[id(ref)] = ray.get(ref)
+                except Exception:  # the actor died loading: `run` replaces it
+                    answers[id(ref)] = None
             with self._lock:
                 for key, ref in list(self._process.items()):
                     if id(ref) in answers:
@@ -216,7 +251,10 @@ class RayWorkers:
 
         if not ray.is_initialized():
             return
-        self._signal(signal.SIGCONT)  # none stays stopped
+        with self._chat_lock:  # none stays stopped
+            if self._timer is not None:
+                self._timer.cancel()
+            self._resume_now(time.monotonic())
         for actor in self.actors():
             ray.kill(actor, no_restart=True)
         if self.started_ray:

@@ -207,9 +207,10 @@ class Trainer:
                 report = finish_run(db, run["id"], aborted, started, "rejected")
             except Exception as e:
                 if records.user_exists(db, user_id):
-                    records.finish_training_run(
-                        db, run["id"], "failed", None, f"{type(e).__name__}: {e}", {}
+                    reason = records.failure_reason(
+                        db, user_id, run["id"], f"{type(e).__name__}: {e}"
                     )
+                    records.finish_training_run(db, run["id"], "failed", None, reason, {})
                     raise
                 # the user was deleted while the round ran, and whatever failed failed with
                 # them (their rows or folders went away under it): nothing is left to record
@@ -313,8 +314,10 @@ class Trainer:
         )
 
     def _start_point(self, user_id: str, version: int, path: Path | None) -> StartPoint | None:
+        """The version's files (CorruptAdapter unless its folder is whole) and KL coefficient."""
         if path is None:
             return None
+        adapter_files.verify_version(path)  # a missing folder has no manifest either
         kl_coef = records.version_kl_coef(self.context.store.db, user_id, version)
         return StartPoint(version, adapter_files.read_files(path), kl_coef)
 

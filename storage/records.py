@@ -472,16 +472,49 @@ def last_training_run(db: Database, user_id: str) -> Row | None:
     )
 
 
+# a failed run whose reason starts so uses up its clicks: retrying would fail the same way
+INTERRUPTED = "interrupted"  # the process died during the round (it may be what killed it)
+GAVE_UP = "gave up"  # the latest of FAILURES_IN_A_ROW failed runs
+FAILURES_IN_A_ROW = 3
+COUNTED = f"(outcome != 'failed' or reason like '{INTERRUPTED}%' or reason like '{GAVE_UP}%')"
+
+
 def last_counted_run(db: Database, user_id: str) -> Row | None:
-    """The user's latest run that did not fail (running, or ended with an outcome): clicks
-    after its start are new. A failed run (an error, a lost Ray actor, a process that died)
-    learned nothing, so the clicks before it stay new for the next round."""
+    """The user's latest run that used up the clicks before it (running, ended with an
+    outcome, or a failure not worth retrying, `COUNTED`): clicks after its start are new. A
+    failed run (an error, a lost Ray actor) learned nothing, so the clicks before it stay new
+    for the next round, until FAILURES_IN_A_ROW runs failed in a row."""
     return _first(
         db,
-        "select * from training_runs where user_id = ? and outcome != 'failed' "
+        f"select * from training_runs where user_id = ? and {COUNTED} "
         "order by started desc limit 1",
         [user_id],
     )
+
+
+def failure_reason(db: Database, user_id: str, run_id: str, error: str) -> str:
+    """The reason to record for run `run_id` failing with `error`: as it is, or marked
+    `GAVE_UP` when it is the FAILURES_IN_A_ROW-th failure in a row (then its clicks count as
+    used, and the next click or sweep does not retry what keeps failing)."""
+    if failures_in_a_row(db, user_id, run_id) + 1 < FAILURES_IN_A_ROW:
+        return error
+    return f"{GAVE_UP} after {FAILURES_IN_A_ROW} failed rounds in a row: {error}"
+
+
+def failures_in_a_row(db: Database, user_id: str, before: str) -> int:
+    """How many of the user's runs before run `before` failed one after another, newest first,
+    since the last counted one."""
+    n = 0
+    for row in db.query(
+        "select outcome, reason, id from training_runs where user_id = ? order by started desc",
+        [user_id],
+    ):
+        if row["id"] == before:
+            continue
+        if row["outcome"] != "failed" or (row["reason"] or "").startswith((INTERRUPTED, GAVE_UP)):
+            break
+        n += 1
+    return n
 
 
 def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
@@ -503,10 +536,10 @@ def feedback_events_since(db: Database, user_id: str, since: str | None) -> int:
 
 def users_with_feedback_since_last_run(db: Database) -> list[str]:
     """Ids of users, learning not paused, who clicked anything in a conversation that teaches
-    after the start of their latest training run that did not fail (`last_counted_run`)."""
+    after the start of their latest counted training run (`last_counted_run`)."""
     sql = f"""
     with last as (select user_id, max(started) as started from training_runs
-                  where outcome != 'failed' group by user_id)
+                  where {COUNTED} group by user_id)
     select u.id from users u left join last on last.user_id = u.id
     where not u.learning_paused and (
         exists (select 1 from {TEACHING_THUMBS}

@@ -180,3 +180,33 @@ def test_a_failed_round_uses_up_no_clicks_and_is_not_retried_at_once(
     assert background.scheduler is not None
     background.scheduler.sweep()  # the six clicks are still new
     wait_for(lambda: [r["outcome"] for r in background.trends("alice")] == ["failed", "accepted"])
+
+
+def test_three_failures_in_a_row_use_up_the_clicks_and_an_interrupted_run_does_too(
+    background: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retrying what keeps failing (or what killed the process) would loop: the third failed
+    round in a row, and a round interrupted by the process's death, count the clicks used."""
+    from online_rl import reward
+    from storage import records
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a model pass failed")
+
+    monkeypatch.setattr(reward, "features", broken)
+    assert background.scheduler is not None
+    background.scheduler.shutdown()  # rounds by hand here
+    give_feedback(background, "alice", prompts=2)
+    db, alice = background.store.db, background.user("alice").id
+    for attempt in range(3):
+        with pytest.raises(RuntimeError, match="a model pass failed"):
+            background.train("alice")
+        counted = alice not in records.users_with_feedback_since_last_run(db)
+        assert counted == (attempt == 2)  # only the third gives up
+    reasons = [r["reason"] for r in background.trends("alice")]
+    assert [r.startswith(records.GAVE_UP) for r in reasons] == [False, False, True]
+    give_feedback(background, "alice", prompts=1)  # new clicks are new again
+    assert alice in records.users_with_feedback_since_last_run(db)
+    records.start_training_run(db, alice)
+    records.fail_interrupted_runs(db)  # the process died during that round
+    assert alice not in records.users_with_feedback_since_last_run(db)

@@ -439,6 +439,23 @@ def test_a_round_goes_on_from_a_candidate_refused_only_for_no_gain(
     assert lora_b_norm(folder.parent / "v00002") == pytest.approx(expected)
 
 
+def test_a_refused_candidate_whose_folder_is_gone_is_not_resumed(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Its row still says resumable, its folder was pruned or lost: the next round starts from
+    live instead of failing on the missing files (and then failing every round after)."""
+    from online_rl.ppo import PPOConfig
+
+    training = TrainingConfig(round=FAST, gate=SHUT_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(tmp_path / "d", model=str(tiny_model_dir), training=training) as asst:
+        alice = asst.add_user("alice").id
+        give_feedback(asst, "alice")
+        assert not asst.train("alice").accepted
+        assert adapter_files.delete_version(asst.config.adapters_dir, alice, 1)
+        report = asst.train("alice")
+        assert report.version == 2 and report.metrics["parent_version"] == 0
+
+
 def test_rounds_keep_the_version_folders_bounded(tmp_path: Path, tiny_model_dir: Path) -> None:
     from online_rl.ppo import PPOConfig
     from storage.retention import RetentionConfig
