@@ -16,7 +16,7 @@ from assistant.core import AssistantCore, User, clean_text
 from assistant.errors import (
     InvalidInput,
 )
-from assistant.threads import in_fresh_thread
+from assistant.threads import in_work_thread
 from storage import records
 from storage.db import writing
 
@@ -334,8 +334,8 @@ class Conversations(AssistantCore):
         eos = self.base.tokenizer.eos_token_id
         replies = [s.token_ids + ([eos] if s.finished else []) or [eos] for s in samples]
         try:
-            return in_fresh_thread(
-                self._in_work_thread, lambda: self.trainer.pick_pair(user.id, prompt, replies)
+            return in_work_thread(
+                self.store, lambda: self.trainer.pick_pair(user.id, prompt, replies)
             )
         except Exception as e:  # a broken picker must not take Compare down with it
             log.exception("picking a Compare's pair failed; showing the first two")

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import threading
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from assistant import model as base_model
 from assistant.adapters import AdapterRegistry
@@ -33,12 +32,10 @@ from assistant.errors import (
     UnknownUser,
 )
 from assistant.sign_in import SignInLimiter
-from assistant.threads import in_fresh_thread
+from assistant.threads import in_fresh_thread, in_work_thread
 from storage import adapters as adapter_files
 from storage import records
 from storage.db import Store
-
-T = TypeVar("T")
 
 if TYPE_CHECKING:  # online_rl imports assistant; the facade reaches it only at call time
     from assistant.batching import DecodeBatcher
@@ -252,17 +249,9 @@ class AssistantCore:
     def _run_round(self, user_id: str) -> TrainReport:
         """One round for the user (the trainer is made on first use), then what follows it."""
         try:  # in a thread of its own, which takes its OpenMP team along: assistant.threads
-            return in_fresh_thread(self._in_work_thread, lambda: self.trainer.run(user_id))
+            return in_work_thread(self.store, lambda: self.trainer.run(user_id))
         finally:  # a round that failed is what the alerts are most about
             self._round_finished(user_id)
-
-    def _in_work_thread(self, work: Callable[[], T]) -> T:
-        """`work` in a thread made for it (`in_fresh_thread`), which then closes its own
-        database connection rather than leave it to the thread's end."""
-        try:
-            return work()
-        finally:
-            self.store.close()
 
     def _round_finished(self, user_id: str) -> None:
         """Called after every round, in the thread that asked for it (the scheduler's, or

@@ -10,8 +10,9 @@ or by the pool thread that ran a training round, slowed every later served token
 (README "Speed").
 
 So the serving process keeps one lasting team, the decoding thread's, and runs other torch
-work (loading the model, a training round, a Compare's pair choice) in a thread of its own
-that ends with the work (`in_fresh_thread`), taking its team with it.
+work (loading the model, a training round, a Compare's pair choice, a Ray round's gather) in a
+thread of its own that ends with the work (`in_fresh_thread`, or `in_work_thread` for work
+that reads the database), taking its team with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from storage.db import Store
 
 T = TypeVar("T")
 
@@ -43,3 +46,16 @@ def in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if not ok:
         raise value
     return value
+
+
+def in_work_thread(store: Store, work: Callable[[], T]) -> T:
+    """`work()` in a fresh thread (`in_fresh_thread`) that closes its own connection to
+    `store` when the work ends, rather than leave it to the thread's teardown."""
+
+    def then_close() -> T:
+        try:
+            return work()
+        finally:
+            store.close()
+
+    return in_fresh_thread(then_close)

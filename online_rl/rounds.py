@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from assistant.model import LoadedModel
-from assistant.threads import in_fresh_thread
+from assistant.threads import in_work_thread
 from online_rl import pairs, reward
 from online_rl.config import TrainingConfig
 from online_rl.gate_measure import red_team_baseline_key
@@ -127,9 +127,6 @@ class Trainer:
             else RoundWorker(context.base, self.prompting, config, context.between_steps)
         )
         self.workers = workers
-        self._compute: Callable[[RoundInputs], RoundResult] = (
-            self.worker.run if self.worker is not None else workers.run  # type: ignore[union-attr]
-        )
         self.red_team_key = red_team_baseline_key(
             context.base, context.quantize, self.prompting, config
         )
@@ -187,10 +184,7 @@ class Trainer:
         """Drop what the workers hold in memory for the user (their account is being
         deleted; their stored rows go with `records.delete_user`). Never waits for a round:
         a round of that user still running forgets them again when it ends (`run`)."""
-        if self.worker is not None:
-            self.worker.forget_user(user_id)
-        if self.workers is not None:
-            self.workers.forget_user(user_id)
+        self._computing.forget_user(user_id)
 
     # the round ------------------------------------------------------------------------------------
 
@@ -229,6 +223,13 @@ class Trainer:
             log.info("user %s: round over (%s)", user_id, report.reason)
             return report
 
+    @property
+    def _computing(self) -> RoundWorker | Workers:
+        """Where rounds are computed: this process's worker, or the Ray actors."""
+        computing = self.worker or self.workers
+        assert computing is not None, "a trainer has a worker or workers"
+        return computing
+
     def _user_lock(self, user_id: str) -> threading.Lock:
         with self._users_lock:
             return self._users.setdefault(user_id, threading.Lock())
@@ -248,12 +249,13 @@ class Trainer:
     def _round(self, user_id: str, started: float, run_id: str) -> TrainReport:
         if self.workers is None:
             inputs = self.gather(user_id)
-        else:  # this thread waits out the round beside decoding: it must own no OpenMP team
-            inputs = in_fresh_thread(self._gather_in_own_thread, user_id)
+        else:  # this thread waits out the round beside decoding: it must own no OpenMP team,
+            # so the gather's feature passes run in a thread that ends with them
+            inputs = in_work_thread(self.context.store, lambda: self.gather(user_id))
         if isinstance(inputs, TrainReport):
             return inputs
         gathered = time.monotonic()
-        result = self._compute(inputs)
+        result = self._computing.run(inputs)
         # in this process the call is the worker's own time; on Ray it adds the trip there
         # and back (inputs and candidate serialised, sent, deserialised) and any wait for a
         # free actor
@@ -262,14 +264,6 @@ class Trainer:
             "seconds_compute": round(time.monotonic() - gathered, 2),
         }
         return self._publish(user_id, run_id, started, inputs, result, seconds)
-
-    def _gather_in_own_thread(self, user_id: str) -> RoundInputs | TrainReport:
-        """`gather` in a thread that ends with it, taking along the OpenMP team its feature
-        passes start (`assistant.threads`) and its database connection."""
-        try:
-            return self.gather(user_id)
-        finally:
-            self.context.store.close()
 
     def gather(self, user_id: str) -> RoundInputs | TrainReport:
         """What a round of the user would be handed now, or why it is skipped."""
