@@ -126,11 +126,9 @@ def rounds_back_to_back(asst: Assistant) -> tuple[threading.Event, list[float], 
 
 def on_ray_actor(asst: Assistant, measure: Callable[[str, float], None], gap: float) -> list[float]:
     """The training phase with rounds on the Ray actor, back to back; their seconds."""
-    import ray
-
     workers = asst.trainer.workers
     assert workers is not None
-    ray.get([a.where.remote() for a in workers.actors()])  # the actor has loaded the model
+    workers.ready()
     stop, rounds, worker = rounds_back_to_back(asst)
     measure("training on a Ray actor, chat first", gap)
     workers.chat_first_s = 0.0  # replies no longer stop the actor

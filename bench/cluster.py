@@ -23,7 +23,6 @@ import json
 import os
 import pickle
 import queue
-import shutil
 import statistics
 import threading
 import time
@@ -61,24 +60,11 @@ def prepare(args: argparse.Namespace, users: int, choices: int) -> Path:
 def run_phase(
     args: argparse.Namespace, prepared: Path, name: str, ray: RayConfig | None, users: list[str]
 ) -> dict[str, Any]:
-    data = prepared.parent / f"{prepared.name}-{name.replace(' ', '-').replace(',', '')}"
-    shutil.rmtree(data, ignore_errors=True)
-    shutil.copytree(prepared, data)
-    cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
-    asst = Assistant.open(
-        data,
-        model=args.model,
-        quantize=args.quantize,
-        device=args.device,
-        model_cache=cache,
-        training=TRAINING,
-        ray=ray,
-    )
-    trainer = asst.trainer  # with Ray: starts the actors, which load the model
-    if trainer.workers is not None:
-        import ray as ray_module
-
-        ray_module.get([a.where.remote() for a in trainer.workers.actors()])
+    folder = "cluster-" + name.replace(" ", "-").replace(",", "")
+    asst = open_fresh(args, folder, copy_of=prepared, training=TRAINING, ray=ray)
+    workers = asst.trainer.workers  # with Ray: starts the actors, which load the model
+    if workers is not None:
+        workers.ready()
     todo: queue.Queue[str] = queue.Queue()
     for user in users:
         todo.put(user)

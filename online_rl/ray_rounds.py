@@ -154,6 +154,12 @@ class RayWorkers:
         with self._lock:
             return list(self._actors)
 
+    def ready(self) -> list[str]:
+        """Wait until every actor has loaded the model; where each runs (`computed_here`)."""
+        import ray
+
+        return ray.get([actor.where.remote() for actor in self.actors()])
+
     def run(self, inputs: RoundInputs) -> RoundResult:
         """Compute the round on the next free actor; `RoundLost` if that actor dies or times
         out (it is replaced). An exception raised by the round itself comes back as itself."""
