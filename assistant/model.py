@@ -61,18 +61,21 @@ class LoadedModel:
     device: torch.device
     quantized: bool  # NF4 (bitsandbytes) weights, for serving and training alike
     source: str  # the folder or hub id it was loaded from
-    # A second module tree over the same weight tensors, taken before any adapter is attached:
-    # training wraps it with its own LoRA while serving keeps the original (see training_copy).
+    # A second module tree, taken before any adapter is attached: training wraps it with its
+    # own LoRA while serving keeps the original (see training_copy). It shares the served
+    # weights, or holds them in `training_dtype` when that differs (a bf16 copy on a CPU).
     pristine: Any = None
+    # the dtype of the pristine tree's weights: what rounds sample, train and read features in
+    training_dtype: torch.dtype = torch.float32
     # how the served tree's linear layers hold their weights, e.g. {"Int4Linear": 210}; empty
     # when serving and training share the same float or NF4 layers
     serving_weights: dict[str, int] = field(default_factory=dict)
 
     def training_copy(self) -> Any:
-        """A model that shares every weight with the served one but none of its modules.
+        """A model that shares every weight with the pristine tree but none of its modules.
 
         peft attaches adapters by replacing modules in place; training on this copy leaves
-        the serving model's adapters and locks alone, and costs no second set of weights.
+        the serving model's adapters and locks alone, and costs no further set of weights.
         """
         template = self.pristine if self.pristine is not None else self.model
         tensors = [*template.parameters(), *template.buffers()]
@@ -226,6 +229,42 @@ def pick_device(config: ModelConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def training_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    """The dtype rounds run the base in (`ModelConfig.training_precision`). auto: bfloat16 on
+    CUDA and where the CPU multiplies it in hardware (AMX tiles or AVX-512 BF16, several times
+    fp32's speed there); fp32 on other CPUs, where bfloat16 matmuls are emulated and slower."""
+    if config.training_precision != "auto":
+        return torch.bfloat16 if config.training_precision == "bf16" else torch.float32
+    if device.type == "cuda":
+        return torch.bfloat16
+    fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return torch.bfloat16 if fast else torch.float32
+
+
+def cast_copy(model: Any, dtype: torch.dtype) -> Any:
+    """A second module tree whose parameters are `dtype` copies (tied weights stay tied);
+    buffers such as the rotary frequencies are shared as they are, in full precision."""
+    memo: dict[int, Any] = {
+        id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        for p in model.parameters()
+    }
+    memo.update({id(b): b for b in model.buffers()})
+    copied = copy.deepcopy(model, memo)
+    copied.get_output_embeddings().register_forward_pre_hook(_contiguous_input)
+    if dtype == torch.bfloat16 and copied.device.type == "cpu":
+        # torch's CPU flash attention is slow backwards in bf16; plain matmuls run on AMX
+        copied.set_attn_implementation("eager")
+    return copied
+
+
+def _contiguous_input(_module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The vocabulary projection's input made contiguous. transformers slices the positions
+    it projects (the last one while decoding, the reply's in a loss); torch's CPU matmul sends
+    a strided bf16 input through bmm with a copy of the whole vocabulary matrix per row, which
+    made a bf16 pass slower than fp32."""
+    return (args[0].contiguous(), *args[1:])
+
+
 def wants_4bit(config: ModelConfig, device: torch.device) -> bool:
     """auto: NF4 on CUDA; fp32 on CPU, where NF4 is no faster at batch or in training."""
     if config.quantize == "auto":
@@ -293,7 +332,9 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     if not tokenizer.chat_template:
         raise ModelUnavailable(f"model {config.name!r} has no chat template")
     loaded = LoadedModel(model, tokenizer, device, quantize, source)
-    loaded.pristine = loaded.training_copy()  # fp32: what training differentiates through
+    dtype = model.dtype if quantize else training_dtype(config, device)
+    loaded.pristine = loaded.training_copy() if dtype == model.dtype else cast_copy(model, dtype)
+    loaded.training_dtype = dtype
     bits = serving_bits(config, device)
     if bits is not None:
         loaded.serving_weights = quantize_linears(model, bits)

@@ -13,9 +13,10 @@ through torch's CPU kernels for bfloat16 activations (`_weight_int8pack_mm`,
 - int8: one scale per output channel (`w = q * scale`, q in -127..127); for any model.
 
 Only the serving model's module tree is quantised (`quantize_linears`); the training copy keeps
-the fp32 weights it differentiates through (see `LoadedModel.training_copy`). The classes
-subclass `nn.Linear` so peft attaches LoRA to them as to any linear layer; the LoRA itself stays
-fp32 beside the quantised matmul (`compute_dtype`), which `assistant.stacked_lora` adds per row.
+float weights to differentiate through (fp32 or a bf16 copy: `LoadedModel.training_copy`). The
+classes subclass `nn.Linear` so peft attaches LoRA to them as to any linear layer; the LoRA
+itself stays fp32 beside the quantised matmul (`compute_dtype`), which `assistant.stacked_lora`
+adds per row.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ def open_fresh(
         model=args.model,
         quantize=args.quantize,
         device=args.device,
+        training_precision=args.training_precision,
         model_cache=cache,
         **options,
     )

@@ -61,6 +61,8 @@ from bench import report
 NAME = "ppo-vs-trl"
 RESULT_NAME = "ppo_vs_trl"
 SIDES = ("attune", "trl")
+# where an attune step's time goes (`ppo_iteration`'s clocks)
+PHASES = ("sampling", "base pass + scores", "old pass", "minibatches")
 PROMPTS_FILE = Path(__file__).parent / "data" / "prompts.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,6 +114,7 @@ class Job:
     model_dir: str
     data_dir: str
     prompt_ids: list[list[int]]
+    training_precision: str  # attune's (`--training-precision`); TRL's side runs fp32
 
 
 @dataclass
@@ -188,7 +191,12 @@ def attune_side(job: Job) -> SideResult:
     ppo = attune_ppo_config(s)
     started = time.perf_counter()
     where = argparse.Namespace(
-        data_dir=job.data_dir, model=job.model_dir, quantize="none", device="cpu", model_cache=None
+        data_dir=job.data_dir,
+        model=job.model_dir,
+        quantize="none",
+        device="cpu",
+        model_cache=None,
+        training_precision=job.training_precision,
     )
     config = TrainingConfig(ppo=ppo, lora=LoraSettings())
     asst = open_fresh(where, NAME, training=config)
@@ -209,6 +217,7 @@ def attune_side(job: Job) -> SideResult:
     no_provocation = torch.zeros(len(prompts), dtype=torch.bool)
     kl_coef = ppo.kl_coef
     seconds, tokens, widths, eos, skipped = [], [], [], [], 0.0
+    phases: dict[str, list[float]] = {p: [] for p in PHASES}
     for _ in range(s.warmup + s.steps):
         seeds = [rng.randrange(2**31) for _ in prompts]
         clock = time.perf_counter()
@@ -227,11 +236,16 @@ def attune_side(job: Job) -> SideResult:
         )
         seconds.append(time.perf_counter() - clock)
         assert it.stats is not None
+        old_pass = it.stats["seconds_old_pass"]
+        spent = (it.seconds_sampling, it.seconds_scoring, old_pass, it.seconds_update - old_pass)
+        for phase, s_ in zip(PHASES, spent, strict=True):
+            phases[phase].append(s_)
         kl_coef = it.kl_coef
         tokens.append(sum(map(len, it.replies)) / len(it.replies))
         widths.append(max(map(len, it.replies)))
         eos.append(it.finished.float().mean().item())
         skipped += it.stats["skipped_minibatches"]
+    dtype = str(asst.base.training_dtype).removeprefix("torch.")
     asst.close()
     return SideResult(
         "attune",
@@ -244,7 +258,12 @@ def attune_side(job: Job) -> SideResult:
         max_change(before, policy.peft),
         peak_rss_mb(),
         torch.get_num_threads(),
-        {"skipped_minibatches": skipped, "final_kl_coef": kl_coef},
+        {
+            "skipped_minibatches": skipped,
+            "final_kl_coef": kl_coef,
+            "training_dtype": dtype,
+            "phase_seconds": {p: v[s.warmup :] for p, v in phases.items()},
+        },
     )
 
 
@@ -484,12 +503,23 @@ def summary(results: list[SideResult], batch: int) -> dict[str, float]:
     }
 
 
+def phase_medians(results: list[SideResult]) -> dict[str, float]:
+    """attune's seconds per phase of a step: the median over every timed step."""
+    return {
+        phase: report.median([x for r in results for x in r.notes["phase_seconds"][phase]])
+        for phase in PHASES
+    }
+
+
 DIFFERENCES = [
     "reward: attune scores the base pass's own features with a small head (one base pass gives "
     "reference log-probs and reward features); TRL runs a separate full reward model",
     "value: attune's value head is one linear layer on the policy's hidden state; TRL's value "
     "model is a separate full model, trained in full (all weights) beside the policy's LoRA",
     "reference: both use the policy with its LoRA disabled",
+    "precision: attune's step runs the base in its training precision (`--training-precision`; "
+    "auto is a bf16 copy of the base on a CPU with AMX or AVX-512 BF16, LoRA and value head in "
+    "fp32); TRL's side runs fp32, as its PPOTrainer does on a CPU by default",
     "sampling: attune's KV-cached loop (seed per row); TRL's model.generate",
     "gradient clipping: attune clips to max_grad_norm 1.0; TRL's PPO does not clip",
     "TRL is given pad token <|endoftext|> (SmolLM2's pad is its EOS <|im_end|>, which TRL's "
@@ -500,13 +530,18 @@ DIFFERENCES = [
 
 
 def measure(
-    settings: Settings, model_dir: str, data_dir: str, prompt_ids: list[list[int]]
+    settings: Settings,
+    model_dir: str,
+    data_dir: str,
+    prompt_ids: list[list[int]],
+    training_precision: str,
 ) -> dict[str, list[SideResult]]:
     """attune, TRL, attune, TRL ...: one child process each, `repeats` pairs."""
     results: dict[str, list[SideResult]] = {side: [] for side in SIDES}
     for repeat in range(settings.repeats):
         for side in SIDES:
-            result = run_child(Job(side, settings, model_dir, data_dir, prompt_ids))
+            job = Job(side, settings, model_dir, data_dir, prompt_ids, training_precision)
+            result = run_child(job)
             results[side].append(result)
             print(
                 f"repeat {repeat + 1}/{settings.repeats} {side}: "
@@ -543,7 +578,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
     cache = Path(args.model_cache) if args.model_cache else Path(args.data_dir) / "models"
     model_dir = resolve(ModelConfig(name=args.model), cache)
     questions, prompt_ids = prompt_rows(model_dir, settings)
-    results = measure(settings, model_dir, str(args.data_dir), prompt_ids)
+    results = measure(settings, model_dir, str(args.data_dir), prompt_ids, args.training_precision)
     torch.set_num_threads(settings.threads)  # so report.machine() records the children's count
     stats = {side: summary(results[side], settings.batch) for side in SIDES}
     ratio = stats["attune"]["samples_per_s"] / stats["trl"]["samples_per_s"]
@@ -570,7 +605,8 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
         "repeats": {side: [asdict(r) for r in results[side]] for side in SIDES},
         "differences": DIFFERENCES,
         "versions": versions(),
-        "dtype": "float32",
+        "dtype": {"attune": results["attune"][0].notes["training_dtype"], "trl": "float32"},
+        "attune_phase_seconds": phase_medians(results["attune"]),
         "device": "cpu",
         "wall_seconds": round(time.monotonic() - started, 1),
     }

@@ -62,6 +62,15 @@ class FeatureSpec:
         """How many numbers a reply's features are, on a model of this hidden size."""
         return len(self.parts) * hidden_size + self.lexical_dim
 
+    def stored_kind(self, dtype: torch.dtype) -> str:
+        """The kind these features are stored under when a pass in `dtype` made them: fp32's
+        keep the plain `key` (caches from before precisions had names stay valid), others get
+        a suffix, so no cache mixes two precisions and a change of precision recomputes
+        stored replies' features lazily (nothing is lost)."""
+        if dtype == torch.float32:
+            return self.key
+        return f"{self.key}@{str(dtype).removeprefix('torch.')}"
+
 
 LAST_TOKEN = FeatureSpec()  # the last layer at the reply's last token (the first heads' features)
 # what heads read by default: chosen on `attune bench heads` (README, "Reward heads, measured"):
@@ -81,12 +90,13 @@ def layer_index(layer: int | float, layers: int) -> int:
 
 def pooled(hidden: torch.Tensor, reply_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
     """(B, H) from one layer's (B, T, H) states; `reply_mask` (B, T) is 1 on reply tokens."""
+    hidden = hidden.float()  # a bf16 pass's states are summed in fp32, not rounded per step
     mask = reply_mask.to(hidden.dtype)
     if pooling == "mean":
-        return ((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).float()
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
     columns = torch.arange(mask.shape[1], device=mask.device)
     last = (columns * reply_mask.long()).amax(1)  # the reply's last column
-    return hidden[torch.arange(len(hidden), device=hidden.device), last].float()
+    return hidden[torch.arange(len(hidden), device=hidden.device), last]
 
 
 def lexical(reply_ids: Sequence[Sequence[int]], dim: int) -> torch.Tensor:

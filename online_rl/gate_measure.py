@@ -372,6 +372,7 @@ def red_team_baseline_key(
     settings = {
         "model": base.source,
         "weights": str(base.model.dtype),  # fp32, bf16, or NF4's compute
+        "round_weights": str(base.training_dtype),  # the baseline is sampled by the round's copy
         "quantize": quantize,
         "classifier": safety.classifier_version(),
         "prompts": red_team_prompts(prompting, config),

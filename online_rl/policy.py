@@ -147,6 +147,20 @@ def forward_batch(
     return Outputs(logprobs, values, features)
 
 
+@contextmanager
+def attention(model: Any, implementation: str) -> Iterator[None]:
+    """Run `model` with this attention implementation, then the one it had. Decoding (one
+    query row per step) is fastest with torch's fused attention; a bf16 training copy runs its
+    passes with plain matmuls (`assistant.model.cast_copy`), which differ from the fused ones
+    by rounding only, so replies sampled one way are scored the other way."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
 def new_value_head(hidden_size: int) -> nn.Module:
     """A linear value estimate on the policy's hidden state, starting at zero."""
     head = nn.Linear(hidden_size, 1)
@@ -257,16 +271,17 @@ class TrainablePolicy:
             self.between_steps()
             return forward(*args)
 
-        if set(adapter_names) == {TRAINABLE}:
-            yield step
-            return
-        stacked = StackedLora(self.peft)
-        stacked.refresh()
-        stacked.use(adapter_names)
-        try:
-            yield step
-        finally:
-            stacked.detach()
+        with attention(self.peft.get_base_model(), "sdpa"):
+            if set(adapter_names) == {TRAINABLE}:
+                yield step
+                return
+            stacked = StackedLora(self.peft)
+            stacked.refresh()
+            stacked.use(adapter_names)
+            try:
+                yield step
+            finally:
+                stacked.detach()
 
     def save(self, folder: Path) -> None:
         """Write the trainable adapter and value head into `folder` (peft's own layout)."""

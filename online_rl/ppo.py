@@ -180,8 +180,10 @@ def ppo_update(
     finished = rollouts.finished.to(device)
 
     # Before the update: old log-probs and values of the policy that sampled the rollouts.
+    started = time.monotonic()
     with torch.no_grad():
         old = forward_batch(policy, batch, c.temperature, value_head)
+    seconds_old_pass = time.monotonic() - started
     assert old.values is not None
     kl = kl_per_token(old.logprobs, rollouts.ref_logprobs, c.kl_estimator)
     scores = shaped_scores(rollouts.scores.to(device), finished, c, penalty)
@@ -259,6 +261,7 @@ def ppo_update(
             "eos_share": rollouts.finished.float().mean().item(),
             "skipped_minibatches": float(skipped),
             "response_tokens": mask.sum().item(),
+            "seconds_old_pass": seconds_old_pass,
         }
     )
     return out
@@ -279,7 +282,8 @@ class Iteration:
     stats: dict[str, float] | None  # ppo_update's; None when the update is off
     kl_coef: float  # the coefficient for the next iteration
     seconds_sampling: float
-    seconds_update: float  # base pass, scores, screen and the update
+    seconds_scoring: float  # the base pass, the scores and the safety screen
+    seconds_update: float  # ppo_update: the old pass and the minibatches
 
 
 def ppo_iteration(
@@ -316,6 +320,7 @@ def ppo_iteration(
     finished = torch.tensor(ended)
     screened = safety.screen(texts, floor)
     penalty = torch.tensor(screened.penalty(floor))
+    scored = time.monotonic()
     stats = None
     if update:
         rollouts = Rollouts(batch, scores, finished, ref.logprobs, penalty)
@@ -335,5 +340,6 @@ def ppo_iteration(
         stats,
         kl_coef,
         seconds_sampling=sampled - started,
-        seconds_update=time.monotonic() - sampled,
+        seconds_scoring=scored - sampled,
+        seconds_update=time.monotonic() - scored,
     )

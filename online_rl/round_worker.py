@@ -225,7 +225,7 @@ class RoundWorker:
             ppo_stats += [it.stats] if it.stats else []
             offensive_rollouts += int(it.unsafe.sum())
             laps.charge("rollouts", it.seconds_sampling)
-            laps.charge("ppo", it.seconds_update)
+            laps.charge("ppo", it.seconds_scoring + it.seconds_update)
             liked = user_reward.liked(it.features) & ~it.unsafe & ~provocation
             earlier = distill.still_liked(user_reward, pool)
             fresh = [

@@ -130,10 +130,11 @@ class Trainer:
         self.red_team_key = red_team_baseline_key(
             context.base, context.quantize, self.prompting, config
         )
+        self.feature_kind = config.reward.features.stored_kind(context.base.training_dtype)
         self.liked_pool = LikedPool(
             context.store,
             context.base.source,
-            config.reward.features,
+            self.feature_kind,
             config.round.liked_pool,
             self.base_features,
         )
@@ -145,9 +146,13 @@ class Trainer:
     def features(self, messages: list[records.Row]) -> torch.Tensor:
         """The reward features of stored replies (cached per message)."""
         c = self.context
-        spec = self.config.reward.features
         return cached_features(
-            c.store.db, self.prompting, messages, c.base.source, spec, self.base_features
+            c.store.db,
+            self.prompting,
+            messages,
+            c.base.source,
+            self.feature_kind,
+            self.base_features,
         )
 
     def base_features(self, examples: list[tuple[list[int], list[int]]]) -> torch.Tensor:

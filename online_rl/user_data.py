@@ -16,7 +16,6 @@ import torch
 from assistant import generation
 from assistant.config import HARMFUL_REASON
 from online_rl import reward, safety
-from online_rl.features import FeatureSpec
 from storage import records
 from storage.db import Store, writing
 
@@ -154,12 +153,13 @@ def cached_features(
     prompting: Prompting,
     messages: Sequence[records.Row],
     model_key: str,
-    spec: FeatureSpec,
+    kind: str,
     compute: Callable[[list[tuple[list[int], list[int]]]], torch.Tensor],
 ) -> torch.Tensor:
     """The reward features of these stored replies: from the cache, or computed (`compute` on
-    their (prompt, reply) ids) and cached, per message, model and feature kind."""
-    cached = records.get_features(db, (m["id"] for m in messages), model_key, spec.key)
+    their (prompt, reply) ids) and cached, per message, model and feature kind
+    (`FeatureSpec.stored_kind`)."""
+    cached = records.get_features(db, (m["id"] for m in messages), model_key, kind)
     missing = [m for m in messages if m["id"] not in cached]
     if missing:
         examples = [example(db, prompting, m) for m in missing]
@@ -168,7 +168,7 @@ def cached_features(
             (m["id"], m["user_id"], x[i].numpy().astype("<f4").tobytes())
             for i, m in enumerate(missing)
         ]
-        records.put_features(db, model_key, spec.key, rows)
+        records.put_features(db, model_key, kind, rows)
         cached.update({m: v for m, _, v in rows})
     return torch.stack(
         [torch.frombuffer(bytearray(cached[m["id"]]), dtype=torch.float32) for m in messages]
@@ -183,18 +183,18 @@ class LikedPool:
 
     store: Store
     model_key: str
-    spec: FeatureSpec
+    kind: str  # the features' `FeatureSpec.stored_kind`
     keep: int
     compute: Callable[[list[tuple[list[int], list[int]]]], torch.Tensor]
 
     def read(self, user_id: str) -> list[tuple[Example, torch.Tensor]]:
         db = self.store.db
         rows = records.list_liked_samples(db, user_id, self.model_key, self.keep)
-        stale = [r for r in rows if r["kind"] != self.spec.key]
+        stale = [r for r in rows if r["kind"] != self.kind]
         if stale:
             x = self.compute([(r["prompt"], r["reply"]) for r in stale])
             fresh = {r["id"]: x[i].numpy().astype("<f4").tobytes() for i, r in enumerate(stale)}
-            records.set_liked_vectors(db, self.spec.key, fresh)
+            records.set_liked_vectors(db, self.kind, fresh)
             rows = [r | {"vector": fresh.get(r["id"], r["vector"])} for r in rows]
         return [
             (
@@ -211,7 +211,7 @@ class LikedPool:
         db = self.store.db
         with writing(db):
             if records.user_exists(db, user_id):
-                records.add_liked_samples(db, user_id, self.model_key, self.spec.key, rows)
+                records.add_liked_samples(db, user_id, self.model_key, self.kind, rows)
                 records.trim_liked_samples(db, user_id, self.keep)
 
     def count(self, user_id: str) -> int:

@@ -90,3 +90,63 @@ def test_4bit_base_chats_on_cpu(tmp_path: Path, tiny_model_dir: Path) -> None:
         asst.add_user("q")
         reply = asst.chat("q", "hello", max_new_tokens=4, seed=0)
         assert reply.adapter_version == 0
+
+
+def test_a_bad_training_precision_is_refused() -> None:
+    from assistant import InvalidInput
+
+    with pytest.raises(InvalidInput, match="training_precision"):
+        ModelConfig(training_precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="NF4"):
+        ModelConfig(quantize="4bit", training_precision="bf16")
+
+
+def test_auto_training_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 only where the CPU multiplies it in hardware; asked for, it is what was asked."""
+    import torch
+
+    from assistant.model import training_dtype
+
+    cpu = torch.device("cpu")
+    for amx, avx512_bf16, expected in [
+        (True, False, torch.bfloat16),
+        (False, True, torch.bfloat16),
+        (False, False, torch.float32),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        assert training_dtype(ModelConfig(), cpu) == expected
+        assert training_dtype(ModelConfig(training_precision="fp32"), cpu) == torch.float32
+        assert training_dtype(ModelConfig(training_precision="bf16"), cpu) == torch.bfloat16
+
+
+def test_a_bf16_training_copy_beside_an_fp32_served_base(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """The round's tree holds bf16 copies (tied weights still tied, rotary frequencies in
+    fp32), the served tree keeps its fp32 weights, and a strided input to the vocabulary
+    projection (transformers slices it) gives what a contiguous one gives."""
+    import torch
+
+    config = ModelConfig(
+        name=str(tiny_model_dir), device="cpu", quantize="none", training_precision="bf16"
+    )
+    loaded = load(config, tmp_path)
+    served, pristine = loaded.model, loaded.pristine
+    assert loaded.training_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in served.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in pristine.parameters())
+    assert pristine.get_input_embeddings().weight is pristine.get_output_embeddings().weight
+    assert all(b.dtype == torch.float32 for b in pristine.buffers())
+    assert pristine.config._attn_implementation == "eager"
+    assert served.config._attn_implementation != "eager"
+    hidden = torch.randn(3, 7, served.config.hidden_size, dtype=torch.bfloat16)
+    head = pristine.get_output_embeddings()
+    assert torch.equal(head(hidden[:, 2:5]), head(hidden[:, 2:5].contiguous()))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        full = served(input_ids=ids).logits.log_softmax(-1)
+        half = pristine(input_ids=ids).logits.float().log_softmax(-1)
+    assert (full.exp() * (full - half)).sum(-1).max() < 0.05  # the same model, rounded
+    copy = loaded.training_copy()  # a round's tree: the bf16 tensors, shared
+    assert copy.get_output_embeddings().weight is head.weight

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,22 @@ def test_an_exploding_ratio_skips_the_minibatch(
     stats = ppo_update(policy.peft, policy.value_head, optimizer, rollouts, 0.1, c)
     assert stats["skipped_minibatches"] == 1.0
     assert math.isnan(stats["policy_loss"])
+
+
+def test_decoding_runs_fused_attention_and_gives_the_model_back_as_it_was(
+    tiny_model_dir: Path,
+) -> None:
+    """A bf16 training copy runs its passes with plain-matmul attention; sampling switches to
+    torch's fused attention for the decoding steps and back afterwards, even on an error."""
+    from transformers import AutoModelForCausalLM
+
+    from online_rl.policy import attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model.set_attn_implementation("eager")
+    with attention(model, "sdpa"):
+        assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "eager"
+    with pytest.raises(RuntimeError), attention(model, "sdpa"):
+        raise RuntimeError("a decoding step failed")
+    assert model.config._attn_implementation == "eager"

@@ -91,17 +91,18 @@ def test_auto_keeps_int8_where_int4_would_lose_precision() -> None:
     assert (out - ref).abs().max() / ref.abs().max() < 0.03  # the bias is added too
 
 
-def test_loaded_model_serves_integers_and_trains_in_fp32(
+def test_loaded_model_serves_integers_and_trains_in_float_weights(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     loaded = load(ModelConfig(name=str(tiny_model_dir), device="cpu"), tmp_path)
+    assert loaded.training_dtype in (torch.float32, torch.bfloat16)  # the CPU's (auto)
     served = [m for m in loaded.model.modules() if isinstance(m, nn.Linear)]
     assert served and all(isinstance(m, Int8Linear) for m in served)  # random tiny weights
     assert sum(loaded.serving_weights.values()) == len(served)
     training = loaded.training_copy()
     linears = [m for m in training.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is nn.Linear for m in linears)
-    assert all(m.weight.dtype == torch.float32 for m in linears)
+    assert all(m.weight.dtype == loaded.training_dtype for m in linears)
 
     fp32 = load(ModelConfig(name=str(tiny_model_dir), quantize="none", device="cpu"), tmp_path)
     assert fp32.serving_weights == {}

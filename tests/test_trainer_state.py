@@ -113,12 +113,49 @@ def test_a_new_feature_kind_is_computed_for_existing_replies_and_the_old_kept(
             q = "select count(*) from features where user_id = ? and kind = ?"
             return db.execute(q, [alice, kind]).fetchone()[0]
 
-        before = vectors("L-1:last")
-        assert before > 0 and vectors(kinds.key) == 0
+        dtype = asst.base.training_dtype
+        old, new = LAST_TOKEN.stored_kind(dtype), kinds.stored_kind(dtype)
+        before = vectors(old)
+        assert before > 0 and vectors(new) == 0
         asst.train("alice")
-        assert vectors("L-1:last") == before and vectors(kinds.key) >= before
+        assert vectors(old) == before and vectors(new) >= before
         pool_kinds = {r[0] for r in db.execute("select kind from liked_samples")}
-        assert pool_kinds == {kinds.key}
+        assert pool_kinds == {new}
+
+
+def test_a_change_of_training_precision_recomputes_features_and_keeps_the_old(
+    tmp_path: Path, tiny_model_dir: Path, everything_liked: None
+) -> None:
+    """Features read in bf16 are filed apart from fp32's (`FeatureSpec.stored_kind`): after a
+    change of precision each clicked reply gets a vector of the new kind, the old stay, and
+    the liked pool is re-featured; a head never mixes the two."""
+    config = training()
+    spec = config.reward.features
+
+    def opened(precision: str) -> Assistant:
+        return Assistant.open(
+            tmp_path / "d", model=str(tiny_model_dir), training=config, training_precision=precision
+        )
+
+    with opened("fp32") as asst:
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        asst.train("alice")
+        alice = asst.user("alice").id
+    with opened("bf16") as asst:
+        db = asst.store.db
+
+        def vectors(kind: str) -> int:
+            q = "select count(*) from features where user_id = ? and kind = ?"
+            return db.execute(q, [alice, kind]).fetchone()[0]
+
+        fp32, bf16 = spec.stored_kind(torch.float32), spec.stored_kind(torch.bfloat16)
+        assert fp32 == spec.key and bf16 != fp32
+        before = vectors(fp32)
+        assert before > 0 and vectors(bf16) == 0
+        assert asst.train("alice").accepted
+        assert vectors(fp32) == before and vectors(bf16) >= before
+        assert {r[0] for r in db.execute("select kind from liked_samples")} == {bf16}
 
 
 def base_only_calls(asst: Assistant, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -119,6 +119,37 @@ def test_an_accepted_round_changes_weights_goes_live_and_records_metrics(
     assert accepting.chat("alice", "and now?", **SHORT).adapter_version == 1
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_round_in_either_training_precision_goes_live_with_fp32_adapters(
+    tmp_path: Path, tiny_model_dir: Path, precision: str
+) -> None:
+    """bf16 is the round's copy of the base only: the LoRA and value head it trains, and the
+    files it publishes, stay fp32, and serving applies them to its own weights."""
+    from online_rl.ppo import PPOConfig
+
+    training = TrainingConfig(round=FAST, gate=OPEN_GATE, ppo=PPOConfig(max_new_tokens=8))
+    with Assistant.open(
+        tmp_path / "data",
+        model=str(tiny_model_dir),
+        training=training,
+        training_precision=precision,
+    ) as asst:
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+        assert asst.base.training_dtype == dtypes[precision]
+        asst.add_user("alice")
+        give_feedback(asst, "alice")
+        report = asst.train("alice")
+        assert report.accepted, report.reason
+        policy = asst.trainer.worker.policy
+        trained = policy.trainable_parameters() + list(policy.value_head.parameters())
+        assert all(p.dtype == torch.float32 for p in trained)
+        folder = adapter_files.version_dir(asst.config.adapters_dir, asst.user("alice").id, 1)
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        assert all(w.dtype == torch.float32 for w in weights.values())
+        assert lora_b_norm(folder) > 0
+        assert asst.chat("alice", "and now?", **SHORT).adapter_version == 1
+
+
 def test_a_second_round_starts_from_the_live_version_and_retires_it(
     accepting: Assistant,
 ) -> None:

@@ -36,6 +36,7 @@ def open_assistant(config: ServeConfig) -> Assistant:
         model=config.model.name,
         quantize=config.model.quantize,
         device=config.model.device,
+        training_precision=config.model.training_precision,
         model_cache=config.model.cache_dir,
         chat=ChatConfig(max_message_chars=config.max_message_chars),
         background=config.background,

@@ -195,7 +195,11 @@ def train_with_broken_head(
         samples = asst.sample_replies("alice", PROMPTS, max_new_tokens=MAX_NEW_TOKENS, seed=SEED)
         return [s.token_ids for s in samples]
 
-    with Assistant.open(tmp_path / "data", model=str(model_dir), training=training) as asst:
+    # fp32: the control was calibrated there; in bf16 the tiny model's 64-wide states round
+    # its small LoRA steps away often enough that three rounds need not degenerate it
+    with Assistant.open(
+        tmp_path / "data", model=str(model_dir), training=training, training_precision="fp32"
+    ) as asst:
         asst.add_user("alice")
         base = replies(asst)
         for i in range(6):  # seeded, so both tests train on the same clicks
