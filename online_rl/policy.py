@@ -256,16 +256,19 @@ class TrainablePolicy:
         return LIVE if self.has_live else BASE
 
     @contextmanager
-    def sampling_forward(self, adapter_names: Sequence[str]) -> Iterator[Forward]:
+    def sampling_forward(
+        self, adapter_names: Sequence[str], hidden_states: bool = False
+    ) -> Iterator[Forward]:
         """A decoding step for `generation`, for rows that may mix TRAINABLE, LIVE and BASE.
 
         A batch on the trainable adapter alone runs peft as it is. A mixed one (the gate's
         candidate and live replies side by side) gets each row's LoRA the way serving adds it
         (`assistant.stacked_lora`): peft's own per-row routing slices the batch per adapter in
         every layer (README "A round's sampling" measures the difference). Afterwards peft
-        computes the LoRA again, for the training steps that differentiate it.
+        computes the LoRA again, for the training steps that differentiate it. With
+        `hidden_states` each step's output carries every layer's states (a rollout's values).
         """
-        forward = bind_forward(self.peft)
+        forward = bind_forward(self.peft, output_hidden_states=hidden_states)
 
         def step(*args: Any) -> Any:
             self.between_steps()

@@ -28,7 +28,7 @@ from torch import nn
 from assistant.model import LoadedModel
 from online_rl import safety, sampling
 from online_rl.features import FeatureSpec
-from online_rl.policy import TRAINABLE, Batch, TrainablePolicy, forward_batch
+from online_rl.policy import TRAINABLE, Batch, Outputs, TrainablePolicy, forward_batch
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ class PPOConfig:
     missing_eos_penalty: subtracted from the score of a reply cut off at max_new_tokens.
     max_ratio: skip a minibatch whose mean probability ratio leaves [1/max_ratio, max_ratio].
     max_grad_norm: gradient clipping.
+    old_from_sampling: the "old" log-probs and values are the ones the sampler computed for
+        each token (CleanRL's rollout buffer) rather than a second pass over the batch; the
+        two differ by rounding only (the sampler decodes a row at a time), and the ratio
+        divides by what really drew the token.
     """
 
     temperature: float = 0.7
@@ -70,6 +74,7 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0
     max_ratio: float = 10.0
     max_grad_norm: float = 1.0
+    old_from_sampling: bool = True
 
 
 class NonFiniteLoss(RuntimeError):
@@ -85,6 +90,7 @@ class Rollouts:
     finished: torch.Tensor  # (B,) bool: the reply ended with EOS
     ref_logprobs: torch.Tensor  # (B, R) the base's log-probs (from the pass that scored them)
     penalty: torch.Tensor | None = None  # (B,) the safety floor's, taken after clipping
+    old: Outputs | None = None  # the sampler's log-probs and values; None: a pass computes them
 
 
 def adaptive_kl_coef(kl_coef: float, observed_kl: float, n_rollouts: int, c: PPOConfig) -> float:
@@ -179,10 +185,15 @@ def ppo_update(
     penalty = None if rollouts.penalty is None else rollouts.penalty.to(device)
     finished = rollouts.finished.to(device)
 
-    # Before the update: old log-probs and values of the policy that sampled the rollouts.
+    # Before the update: old log-probs and values of the policy that sampled the rollouts,
+    # as the sampler computed them, or from a pass over the batch.
     started = time.monotonic()
-    with torch.no_grad():
-        old = forward_batch(policy, batch, c.temperature, value_head)
+    old = rollouts.old
+    if old is None:
+        with torch.no_grad():
+            old = forward_batch(policy, batch, c.temperature, value_head)
+    else:
+        old = Outputs(old.logprobs.to(device), old.values.to(device), None)  # type: ignore[union-attr]
     seconds_old_pass = time.monotonic() - started
     assert old.values is not None
     kl = kl_per_token(old.logprobs, rollouts.ref_logprobs, c.kl_estimator)
@@ -309,9 +320,18 @@ def ppo_iteration(
     samples and scores without training (best-of-n distillation alone, for ablations).
     """
     started = time.monotonic()
-    replies, ended = sampling.sample(
-        policy, base, prompts, [TRAINABLE] * len(prompts), seeds, c.max_new_tokens, c.temperature
-    )
+    old = None
+    if c.old_from_sampling and update:
+        drawn = sampling.sample_rollouts(
+            policy, base, prompts, seeds, c.max_new_tokens, c.temperature, policy.value_head
+        )
+        replies, ended = drawn.replies, drawn.ended
+        old = Outputs(drawn.logprobs, drawn.values, None)
+    else:
+        adapters = [TRAINABLE] * len(prompts)
+        replies, ended = sampling.sample(
+            policy, base, prompts, adapters, seeds, c.max_new_tokens, c.temperature
+        )
     sampled = time.monotonic()
     batch, ref = sampling.base_pass(policy, base, prompts, replies, c.temperature, features)
     x = ref.features.cpu()
@@ -323,7 +343,7 @@ def ppo_iteration(
     scored = time.monotonic()
     stats = None
     if update:
-        rollouts = Rollouts(batch, scores, finished, ref.logprobs, penalty)
+        rollouts = Rollouts(batch, scores, finished, ref.logprobs, penalty, old)
         stats = ppo_update(
             policy.peft, policy.value_head, optimizer, rollouts, kl_coef, c, policy.between_steps
         )

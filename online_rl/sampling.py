@@ -9,14 +9,16 @@ functions, so a test can wrap one for the whole round.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from assistant import generation
 from assistant.config import GenerationConfig
 from assistant.model import LoadedModel
 from online_rl.features import FeatureSpec
-from online_rl.policy import Batch, Outputs, TrainablePolicy, forward_batch, make_batch
+from online_rl.policy import TRAINABLE, Batch, Outputs, TrainablePolicy, forward_batch, make_batch
 from online_rl.user_data import Example
 
 
@@ -45,9 +47,78 @@ def sample(
                 base.device,
             )
         )
-    eos = base.tokenizer.eos_token_id
+    return with_eos(rows, ended, base.tokenizer.eos_token_id), list(ended)
+
+
+def with_eos(rows: Sequence[Sequence[int]], ended: Sequence[bool], eos: int) -> list[list[int]]:
+    """Replies as the loss reads them: one the model ended carries the tokenizer's EOS (which
+    of the model's end tokens it drew), so the loss sees the stop it chose; an empty reply is a
+    lone EOS."""
     replies = [list(r) + [eos] if e else list(r) for r, e in zip(rows, ended, strict=True)]
-    return [r if r else [eos] for r in replies], list(ended)
+    return [r if r else [eos] for r in replies]
+
+
+@dataclass
+class Sampled:
+    """Replies sampled from the trainable adapter, with what the sampler saw on the way: each
+    reply token's log-prob at the sampling temperature and the value head's estimate before it
+    (response columns laid out as `batch` lays them out; 0 past a reply's end). PPO takes them
+    as its "old" ones, as CleanRL's rollout buffer does, instead of a second pass."""
+
+    replies: list[list[int]]
+    ended: list[bool]
+    logprobs: torch.Tensor  # (B, R)
+    values: torch.Tensor  # (B, R)
+
+
+def sample_rollouts(
+    policy: TrainablePolicy,
+    base: LoadedModel,
+    prompts: Sequence[list[int]],
+    seeds: Sequence[int],
+    max_new_tokens: int,
+    temperature: float,
+    value_head: nn.Module,
+) -> Sampled:
+    """`sample` on the trainable adapter, keeping each token's log-prob and value (above)."""
+    settings = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
+    eos = base.tokenizer.eos_token_id
+    seen: list[object] = []
+    logprobs, eos_logprobs, values, steps = [], [], [], []
+    with policy.sampling_forward([TRAINABLE] * len(prompts), hidden_states=True) as forward:
+
+        def recorded(*args: object) -> object:
+            seen[:] = [forward(*args)]
+            return seen[0]
+
+        tokens = generation.stream_tokens(
+            recorded,
+            prompts,
+            settings,
+            seeds,
+            base.eos_ids,
+            base.tokenizer.pad_token_id,
+            base.device,
+        )
+        for token in tokens:  # the step's output is in `seen` until the next step runs
+            out = seen[0]
+            step_logprobs = torch.log_softmax(out.logits[:, -1].float() / temperature, -1)
+            logprobs.append(step_logprobs.gather(-1, token[:, None]).squeeze(-1))
+            eos_logprobs.append(step_logprobs[:, eos])  # a reply ends with the tokenizer's EOS
+            with torch.no_grad():
+                values.append(value_head(out.hidden_states[-1][:, -1].float()).squeeze(-1))
+            steps.append(token.tolist())
+    rows, ended = generation.last(generation.reply_progress(steps, len(prompts), base.eos_ids))
+    replies = with_eos(rows, ended, eos)
+    width = max(map(len, replies))
+    lp, lp_eos, v = (torch.stack(x, 1)[:, :width].cpu() for x in (logprobs, eos_logprobs, values))
+    lp_out, v_out = torch.zeros(len(replies), width), torch.zeros(len(replies), width)
+    for row, (reply, done) in enumerate(zip(replies, ended, strict=True)):
+        n = len(reply)
+        lp_out[row, :n], v_out[row, :n] = lp[row, :n], v[row, :n]
+        if done:
+            lp_out[row, n - 1] = lp_eos[row, n - 1]
+    return Sampled(replies, list(ended), lp_out, v_out)
 
 
 def texts(base: LoadedModel, replies: Sequence[list[int]]) -> list[str]:

@@ -172,3 +172,43 @@ def test_decoding_runs_fused_attention_and_gives_the_model_back_as_it_was(
     with pytest.raises(RuntimeError), attention(model, "sdpa"):
         raise RuntimeError("a decoding step failed")
     assert model.config._attn_implementation == "eager"
+
+
+def test_the_sampler_keeps_the_log_probs_and_values_a_pass_over_its_replies_gives(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """PPO's "old" log-probs and values come from sampling (`sample_rollouts`): in fp32 they
+    are what a pass over the sampled replies computes, also at a reply's end, where any end
+    token the model drew is stored as the tokenizer's EOS; the replies are `sample`'s."""
+    from assistant.config import ModelConfig
+    from assistant.model import load
+    from online_rl import sampling
+    from online_rl.policy import TRAINABLE, LoraSettings
+
+    config = ModelConfig(
+        name=str(tiny_model_dir), device="cpu", quantize="none", training_precision="fp32"
+    )
+    base = load(config, tmp_path)
+    # many end tokens, so most replies end early, on tokens other than the tokenizer's EOS
+    base.model.generation_config.eos_token_id = list(range(100, 130))
+    policy = TrainablePolicy(base.training_copy(), LoraSettings(r=4, alpha=8), base.device)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+        policy.value_head.weight.normal_(0, 0.1)
+    prompts = [[5, 6, 7], [9], [11, 12, 13, 14], [20, 21]] * 2
+    seeds = list(range(len(prompts)))
+    drawn = sampling.sample_rollouts(policy, base, prompts, seeds, 10, 0.8, policy.value_head)
+    replies, ended = sampling.sample(policy, base, prompts, [TRAINABLE] * 8, seeds, 10, 0.8)
+    assert (drawn.replies, drawn.ended) == (replies, ended)
+    assert any(ended) and not all(ended)
+    batch = sampling.batch(base, prompts, drawn.replies)
+    with torch.no_grad():
+        old = forward_batch(policy.peft, batch, 0.8, policy.value_head)
+    mask = batch.response_mask.bool()
+    assert drawn.logprobs.shape == old.logprobs.shape
+    assert torch.allclose(drawn.logprobs[mask], old.logprobs[mask], atol=1e-4)
+    assert torch.allclose(drawn.values[mask], old.values[mask], atol=1e-4)
+    assert (drawn.logprobs[~mask] == 0).all() and (drawn.values[~mask] == 0).all()

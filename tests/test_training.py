@@ -377,13 +377,14 @@ def test_a_candidate_not_shown_better_costs_no_red_team_replies(
         trainer = asst.trainer
         red_team = {tuple(p) for p in trainer.worker.red_team.prompts}
         asked: list[tuple] = []
-        sample = sampling.sample
+        for name in ("sample", "sample_rollouts"):  # the gate's replies, the rollouts
+            sample = getattr(sampling, name)
 
-        def spy(policy, base, prompts, *rest):
-            asked.extend(tuple(p) for p in prompts)
-            return sample(policy, base, prompts, *rest)
+            def spy(policy, base, prompts, *rest, sample=sample):
+                asked.extend(tuple(p) for p in prompts)
+                return sample(policy, base, prompts, *rest)
 
-        monkeypatch.setattr(sampling, "sample", spy)
+            monkeypatch.setattr(sampling, name, spy)
         give_feedback(asst, "alice")
         report = asst.train("alice")
     assert "not shown better" in report.reason

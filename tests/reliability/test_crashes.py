@@ -344,6 +344,7 @@ def wrap(owner, name, before=None, after=None):
 wrap(rounds, "user_feedback", before=lambda *a: enter("reward"))
 wrap(policy, "start_from", before=lambda *a: enter("warm_start"))
 wrap(sampling, "sample", before=lambda *a: phase[0] != "gate" and enter("rollouts"))
+wrap(sampling, "sample_rollouts", before=lambda *a: enter("rollouts"))
 wrap(ppo, "ppo_update", before=lambda *a: enter("ppo"))
 wrap(distill, "shaped_scores", before=lambda *a: enter("distill"))
 wrap(gate_measure, "gate_replies", before=lambda *a: enter("gate"))
