@@ -286,6 +286,29 @@ class TrainablePolicy:
             finally:
                 stacked.detach()
 
+    @contextmanager
+    def merged(self) -> Iterator[None]:
+        """Run the trainable adapter folded into copies of the base weights it touches
+        (W + scale * B A, rounded to the base's dtype once), with peft's per-layer LoRA path
+        off: a decoding step then runs the base's matmuls only. The copies are this tree's
+        own (the pristine tree and serving keep theirs) and are dropped on the way out."""
+        from peft.tuners.lora import LoraLayer
+
+        swapped = []
+        try:
+            for layer in self.peft.modules():
+                if isinstance(layer, LoraLayer) and TRAINABLE in layer.lora_A:
+                    linear = layer.get_base_layer()
+                    weight = linear.weight
+                    folded = weight.float() + layer.get_delta_weight(TRAINABLE).float()
+                    linear.weight = nn.Parameter(folded.to(weight.dtype), requires_grad=False)
+                    swapped.append((linear, weight))
+            with self.peft.disable_adapter():
+                yield
+        finally:
+            for linear, weight in swapped:
+                linear.weight = weight
+
     def save(self, folder: Path) -> None:
         """Write the trainable adapter and value head into `folder` (peft's own layout)."""
         self.peft.save_pretrained(str(folder), selected_adapters=[TRAINABLE])

@@ -85,7 +85,8 @@ def sample_rollouts(
     eos = base.tokenizer.eos_token_id
     seen: list[object] = []
     logprobs, eos_logprobs, values, steps = [], [], [], []
-    with policy.sampling_forward([TRAINABLE] * len(prompts), hidden_states=True) as forward:
+    decoding = policy.sampling_forward([TRAINABLE] * len(prompts), hidden_states=True)
+    with policy.merged(), decoding as forward:
 
         def recorded(*args: object) -> object:
             seen[:] = [forward(*args)]

@@ -212,3 +212,30 @@ def test_the_sampler_keeps_the_log_probs_and_values_a_pass_over_its_replies_give
     assert torch.allclose(drawn.logprobs[mask], old.logprobs[mask], atol=1e-4)
     assert torch.allclose(drawn.values[mask], old.values[mask], atol=1e-4)
     assert (drawn.logprobs[~mask] == 0).all() and (drawn.values[~mask] == 0).all()
+
+
+def test_the_folded_adapter_computes_what_peft_computes_and_is_unfolded_after(
+    policy: TrainablePolicy,
+) -> None:
+    """Rollouts decode with the LoRA folded into copies of the base weights
+    (`TrainablePolicy.merged`): the same function in fp32, and afterwards the very same weight
+    tensors are back, even when decoding failed."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    weights = {n: p for n, p in policy.peft.named_parameters() if not p.requires_grad}
+    batch = make_batch([[5, 6, 7], [9]], [[10, 11], [12, 13, 2]], 0, torch.device("cpu"))
+    with torch.no_grad():
+        unfolded = forward_batch(policy.peft, batch, 1.0).logprobs
+        with policy.merged():
+            folded = forward_batch(policy.peft, batch, 1.0).logprobs
+        with policy.base_only():
+            bare = forward_batch(policy.peft, batch, 1.0).logprobs
+    assert torch.allclose(folded, unfolded, atol=1e-5)
+    assert not torch.allclose(bare, unfolded, atol=1e-3)  # the adapter does change the output
+    with pytest.raises(RuntimeError), policy.merged():
+        raise RuntimeError("a decoding step failed")
+    after = dict(policy.peft.named_parameters())
+    assert all(after[n] is p for n, p in weights.items())
