@@ -360,8 +360,8 @@ def parser() -> argparse.ArgumentParser:
         choices=["auto", "fp32", "bf16"],
         default="auto",
         help="the weights rounds sample, train and read reward features in: bf16 = a bfloat16 "
-        "copy of the base (LoRA and value head stay fp32); auto = bf16 on CUDA and on CPUs "
-        "with AMX or AVX-512 BF16, else fp32",
+        "copy of the base (LoRA and value head stay fp32; faster on CPUs with AMX, but its "
+        "rounding hides small policy changes); auto = fp32 on a CPU, bf16 on CUDA",
     )
     common.add_argument(
         "--model-cache",

@@ -39,10 +39,10 @@ class ModelConfig:
     training_precision: the weights of the base that rounds sample from, train through and
         read reward features from (one copy for all three, so the policy a round trains is the
         one it sampled). "bf16" on a CPU keeps a bfloat16 copy of the base (each user's LoRA
-        and value head stay fp32); "auto" is bf16 where the CPU multiplies bfloat16 in
-        hardware (AMX or AVX-512 BF16) and on CUDA, fp32 on other CPUs (`attune bench
-        ppo-vs-trl` measures the difference). With quantize "4bit" training runs on the NF4
-        weights themselves, so only "auto" applies.
+        and value head stay fp32): a faster PPO step where the CPU has AMX or AVX-512 BF16,
+        but bf16's rounding hides the small changes a round makes (README, "PPO step
+        throughput"); "auto" is fp32 on a CPU and bf16 on CUDA. With quantize "4bit" training
+        runs on the NF4 weights themselves, so only "auto" applies.
     """
 
     name: str = DEFAULT_MODEL

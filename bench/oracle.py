@@ -303,6 +303,7 @@ def run(args: argparse.Namespace, options: list[str]) -> int:
             "budget_cpu_seconds": opts.budget,
             "heldout": {"prompts": len(lab.heldout), "repeats": opts.repeats},
             "threads": torch.get_num_threads(),
+            "training_dtype": str(lab.base.training_dtype).removeprefix("torch."),
             "raw": raw,
         },
         out.parent,

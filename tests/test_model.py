@@ -101,23 +101,18 @@ def test_a_bad_training_precision_is_refused() -> None:
         ModelConfig(quantize="4bit", training_precision="bf16")
 
 
-def test_auto_training_precision_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bf16 only where the CPU multiplies it in hardware; asked for, it is what was asked."""
+def test_auto_training_precision_is_fp32_on_a_cpu_and_bf16_on_cuda() -> None:
+    """fp32 on a CPU whatever it multiplies fast (bf16 hides a round's small steps); bf16 on
+    CUDA, where the model is loaded in it; asked for, it is what was asked."""
     import torch
 
     from assistant.model import training_dtype
 
-    cpu = torch.device("cpu")
-    for amx, avx512_bf16, expected in [
-        (True, False, torch.bfloat16),
-        (False, True, torch.bfloat16),
-        (False, False, torch.float32),
-    ]:
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
-        assert training_dtype(ModelConfig(), cpu) == expected
-        assert training_dtype(ModelConfig(training_precision="fp32"), cpu) == torch.float32
-        assert training_dtype(ModelConfig(training_precision="bf16"), cpu) == torch.bfloat16
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training_dtype(ModelConfig(), cpu) == torch.float32
+    assert training_dtype(ModelConfig(), cuda) == torch.bfloat16
+    assert training_dtype(ModelConfig(training_precision="fp32"), cuda) == torch.float32
+    assert training_dtype(ModelConfig(training_precision="bf16"), cpu) == torch.bfloat16
 
 
 def test_a_bf16_training_copy_beside_an_fp32_served_base(
