@@ -8,7 +8,7 @@ functions, so a test can wrap one for the whole round.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,18 +36,24 @@ def sample(
     stop it chose; an empty one is a lone EOS. Top-p is 1: PPO scores the full distribution."""
     settings = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0)
     with policy.sampling_forward(adapter_names) as forward:
-        rows, ended = generation.last(
-            generation.stream_reply_tokens(
-                forward,
-                prompts,
-                settings,
-                seeds,
-                base.eos_ids,
-                base.tokenizer.pad_token_id,
-                base.device,
-            )
-        )
+        steps = (t.tolist() for t in decode(forward, base, prompts, seeds, settings))
+        rows, ended = generation.last(generation.reply_progress(steps, len(prompts), base.eos_ids))
     return with_eos(rows, ended, base.tokenizer.eos_token_id), list(ended)
+
+
+def decode(
+    forward: generation.Forward,
+    base: LoadedModel,
+    prompts: Sequence[list[int]],
+    seeds: Sequence[int],
+    settings: GenerationConfig,
+) -> Iterator[torch.Tensor]:
+    """Each decoding step's token per row (`generation.stream_tokens`) with this base's end
+    and pad tokens."""
+    pad = base.tokenizer.pad_token_id
+    return generation.stream_tokens(
+        forward, prompts, settings, seeds, base.eos_ids, pad, base.device
+    )
 
 
 def with_eos(rows: Sequence[Sequence[int]], ended: Sequence[bool], eos: int) -> list[list[int]]:
@@ -92,16 +98,8 @@ def sample_rollouts(
             seen[:] = [forward(*args)]
             return seen[0]
 
-        tokens = generation.stream_tokens(
-            recorded,
-            prompts,
-            settings,
-            seeds,
-            base.eos_ids,
-            base.tokenizer.pad_token_id,
-            base.device,
-        )
-        for token in tokens:  # the step's output is in `seen` until the next step runs
+        # each step's output is in `seen` until the next step runs
+        for token in decode(recorded, base, prompts, seeds, settings):
             out = seen[0]
             step_logprobs = torch.log_softmax(out.logits[:, -1].float() / temperature, -1)
             logprobs.append(step_logprobs.gather(-1, token[:, None]).squeeze(-1))
