@@ -63,13 +63,17 @@ class LoadedModel:
     source: str  # the folder or hub id it was loaded from
     # A second module tree, taken before any adapter is attached: training wraps it with its
     # own LoRA while serving keeps the original (see training_copy). It shares the served
-    # weights, or holds them in `training_dtype` when that differs (a bf16 copy on a CPU).
+    # weights, or holds copies in another dtype (`ModelConfig.training_precision`).
     pristine: Any = None
-    # the dtype of the pristine tree's weights: what rounds sample, train and read features in
-    training_dtype: torch.dtype = torch.float32
     # how the served tree's linear layers hold their weights, e.g. {"Int4Linear": 210}; empty
     # when serving and training share the same float or NF4 layers
     serving_weights: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def training_dtype(self) -> torch.dtype:
+        """What rounds sample, train and read reward features in: the pristine tree's dtype
+        (NF4's compute dtype for a 4-bit base)."""
+        return (self.pristine if self.pristine is not None else self.model).dtype
 
     def training_copy(self) -> Any:
         """A model that shares every weight with the pristine tree but none of its modules.
@@ -333,7 +337,6 @@ def load(config: ModelConfig, cache_dir: Path) -> LoadedModel:
     loaded = LoadedModel(model, tokenizer, device, quantize, source)
     dtype = model.dtype if quantize else training_dtype(config, device)
     loaded.pristine = loaded.training_copy() if dtype == model.dtype else cast_copy(model, dtype)
-    loaded.training_dtype = dtype
     bits = serving_bits(config, device)
     if bits is not None:
         loaded.serving_weights = quantize_linears(model, bits)

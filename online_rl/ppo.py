@@ -193,7 +193,8 @@ def ppo_update(
         with torch.no_grad():
             old = forward_batch(policy, batch, c.temperature, value_head)
     else:
-        old = Outputs(old.logprobs.to(device), old.values.to(device), None)  # type: ignore[union-attr]
+        assert old.values is not None
+        old = Outputs(old.logprobs.to(device), old.values.to(device), None)
     seconds_old_pass = time.monotonic() - started
     assert old.values is not None
     kl = kl_per_token(old.logprobs, rollouts.ref_logprobs, c.kl_estimator)
