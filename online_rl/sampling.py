@@ -101,10 +101,9 @@ def sample_rollouts(
         # each step's output is in `seen` until the next step runs
         for token in decode(recorded, base, prompts, seeds, settings):
             out = seen[0]
-            scaled = out.logits[:, -1].float() / temperature  # what the sampler drew from
-            norm = torch.logsumexp(scaled, -1)  # no (rows, vocabulary) log-softmax kept
-            logprobs.append(scaled.gather(-1, token[:, None]).squeeze(-1) - norm)
-            eos_logprobs.append(scaled[:, eos] - norm)  # a reply ends with the tokenizer's EOS
+            step_logprobs = torch.log_softmax(out.logits[:, -1].float() / temperature, -1)
+            logprobs.append(step_logprobs.gather(-1, token[:, None]).squeeze(-1))
+            eos_logprobs.append(step_logprobs[:, eos])  # a reply ends with the tokenizer's EOS
             with torch.no_grad():
                 values.append(value_head(out.hidden_states[-1][:, -1].float()).squeeze(-1))
             steps.append(token.tolist())
